@@ -1,0 +1,1 @@
+"""Everything that puts messages on queues: the command line, the scheduler, the webhook receiver."""

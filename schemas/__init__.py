@@ -1,0 +1,1 @@
+"""possync's contracts: settings, queue payloads, source records, warehouse tables. No I/O here."""

@@ -1,0 +1,171 @@
+"""Settings: every knob possync reads, from the environment, prefix ``POSSYNC_``, flat names.
+
+Entrypoints (the ``possync`` command, the worker entry module) build one :class:`Settings` and pass it
+down; nothing else reads ``os.environ``. Only what a command needs is required: call the matching
+``require_*`` method at start-up and a missing or invalid value fails there, naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+
+ENV_PREFIX = "POSSYNC_"
+
+#: BigQuery dataset and table names: letters, digits and underscores, at most 1,024 characters.
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+#: Google Cloud project ids: 6-30 lowercase letters, digits and hyphens (older ones may carry a domain).
+_PROJECT_RE = re.compile(r"^([a-z][a-z0-9.:-]{0,61}[a-z0-9])$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _env(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """possync's configuration. Field ``x`` is read from ``POSSYNC_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, validate_default=True
+    )
+
+    # Redis (queues, checkpoints, locks).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Square.
+    square_base_url: str = "https://connect.squareup.com"
+    square_access_token: SecretStr | None = None
+    square_location_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    square_version: str = "2025-08-20"
+    #: Explicit ``begin_time`` for incremental payment reads: ListPayments otherwise covers one year only.
+    square_history_start: str = "2010-01-01T00:00:00Z"
+    square_timeout_seconds: float = 30.0
+
+    # BigQuery.
+    bigquery_project: str | None = None
+    bigquery_dataset: str = "commerce"
+    bigquery_endpoint: str | None = None
+    bigquery_location: str = "US"
+    #: Deadline for one BigQuery API call or job wait, seconds.
+    bigquery_timeout_seconds: float = 300.0
+    #: Concurrent MERGE statements allowed per table (BigQuery runs 2 mutating DML per table at once).
+    bigquery_merge_permits: int = Field(default=2, ge=1)
+    #: Staging tables expire on their own after this long, seconds.
+    bigquery_staging_ttl_seconds: int = Field(default=86_400, ge=600)
+
+    # Sync engine.
+    batch_max_rows: int = Field(default=50_000, ge=1)
+    batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    incremental_lookback_seconds: int = Field(default=900, ge=0)
+    backfill_window_days: int = Field(default=365, ge=1)
+
+    # Broker and retries.
+    max_retries: int = Field(default=12, ge=0)
+    min_backoff_seconds: float = Field(default=2.0, gt=0)
+    max_backoff_seconds: float = Field(default=900.0, gt=0)
+    actor_time_limit_seconds: int = Field(default=1800, ge=1)
+    dead_letter_ttl_days: int = Field(default=30, ge=1)
+    #: A worker silent for this long is presumed dead and its in-flight messages are requeued.
+    worker_heartbeat_timeout_seconds: int = Field(default=30, ge=5)
+    #: How often each worker process beats its heartbeat and requeues dead workers' messages.
+    worker_maintenance_interval_seconds: float = Field(default=10.0, gt=0)
+
+    # Reports and logs.
+    report_timezone: str = "UTC"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("square_location_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("bigquery_dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        if not _DATASET_RE.match(value):
+            raise ValueError("a BigQuery dataset name holds only letters, digits and underscores")
+        return value
+
+    @field_validator("square_base_url", "bigquery_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def __repr_args__(self) -> list[tuple[str | None, object]]:
+        # SecretStr already masks itself; the Redis URL may carry a password.
+        return [
+            (name, _mask_url(value) if name == "redis_url" and isinstance(value, str) else value)
+            for name, value in super().__repr_args__()
+        ]
+
+    def require_square(self) -> SecretStr:
+        """Return the Square access token, or fail naming ``POSSYNC_SQUARE_ACCESS_TOKEN``."""
+        token = self.square_access_token
+        if token is None or not token.get_secret_value().strip():
+            raise ConfigError(f"{_env('square_access_token')} is required for Square (an access token)")
+        return token
+
+    def require_bigquery(self) -> str:
+        """Return the BigQuery project id, or fail naming ``POSSYNC_BIGQUERY_PROJECT``."""
+        project = self.bigquery_project
+        if not project:
+            raise ConfigError(f"{_env('bigquery_project')} is required (the Google Cloud project id)")
+        if not _PROJECT_RE.match(project):
+            raise ConfigError(f"{_env('bigquery_project')}={project!r} is not a valid project id")
+        return project
+
+    def zone(self) -> ZoneInfo:
+        """The report time zone."""
+        return ZoneInfo(self.report_timezone)
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"//([^:/@]*):([^@]*)@", r"//\1:***@", url)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into a :class:`ConfigError`.
+
+    Raises:
+        ConfigError: naming each ``POSSYNC_`` variable that is invalid.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_env(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,208 @@
+"""Warehouse tables: schema, key, version column, partitioning and clustering, in one place.
+
+The sink creates tables from these definitions and builds every MERGE from them, so a table's
+layout is decided here and nowhere else. Layout choices, table by table:
+
+- ``square_payments`` is the big, append-mostly table (100k+ rows, growing daily) that dashboards
+  filter by day, customer and status: partitioned by ``DATE(created_at)`` (a payment's creation time
+  never changes, so a MERGE may prune the target by the batch's created_at range) and clustered by
+  ``customer_id, status``.
+- ``square_items`` holds one row per catalog variation (hundreds to a few thousand rows). Catalog
+  objects have no ``created_at``, and ``updated_at`` changes on every edit: partitioning by it would
+  move rows between partitions and a MERGE pruned by the batch's updated_at range would miss the old
+  row and insert a duplicate. The table is far below the size where partitions pay off, so it is not
+  partitioned; clustering by ``item_id`` keeps variations of one item together.
+- ``square_customers`` (a few thousand rows) is likewise small: not partitioned, clustered by ``id``.
+- ``_possync_rejects`` keeps every record that failed validation with its reason; partitioned by
+  ``DATE(rejected_at)`` so old rejects are cheap to scan or expire.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "METADATA_COLUMNS",
+    "REJECTS",
+    "SQUARE_CUSTOMERS",
+    "SQUARE_ITEMS",
+    "SQUARE_PAYMENTS",
+    "TABLES",
+    "Column",
+    "TableSpec",
+    "table_for",
+]
+
+ColumnType = Literal["STRING", "INT64", "NUMERIC", "TIMESTAMP", "BOOL", "DATE", "FLOAT64"]
+ColumnMode = Literal["NULLABLE", "REQUIRED", "REPEATED"]
+
+
+class Column(BaseModel):
+    """One column of a warehouse table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    type: ColumnType
+    mode: ColumnMode = "NULLABLE"
+    description: str = ""
+
+
+class TableSpec(BaseModel):
+    """A warehouse table and how rows are merged into it.
+
+    Attributes:
+        name: table id inside the dataset.
+        columns: every column, in order.
+        key: columns that identify a row; a MERGE matches on them.
+        version_column: the column that orders versions of one row (``updated_at`` or ``version``);
+            a MERGE replaces a row only when the incoming version is greater. ``None`` means
+            insert-only (a row that exists is never touched).
+        partition_field: the TIMESTAMP or DATE column the table is partitioned by, or ``None``.
+        partition_granularity: time-unit partitioning granularity.
+        clustering: up to four clustering columns.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    version_column: str | None
+    partition_field: str | None = None
+    partition_granularity: Literal["HOUR", "DAY", "MONTH", "YEAR"] = "DAY"
+    clustering: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Column names in order."""
+        return tuple(column.name for column in self.columns)
+
+    def column(self, name: str) -> Column:
+        """The column called ``name``.
+
+        Raises:
+            KeyError: if the table has no such column.
+        """
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+
+#: Ingestion metadata every synced table carries.
+METADATA_COLUMNS = (
+    Column(
+        name="_synced_at", type="TIMESTAMP", mode="REQUIRED", description="When possync wrote this version"
+    ),
+    Column(name="_message_id", type="STRING", description="Dramatiq message that wrote this version"),
+)
+
+SQUARE_PAYMENTS = TableSpec(
+    name="square_payments",
+    description="Square payments, one row per payment id, latest version.",
+    columns=(
+        Column(name="id", type="STRING", mode="REQUIRED"),
+        Column(name="created_at", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="updated_at", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="status", type="STRING"),
+        Column(name="amount", type="NUMERIC", description="amount_money in major units; excludes the tip"),
+        Column(name="tip_amount", type="NUMERIC", description="tip_money in major units, 0 when absent"),
+        Column(name="total_amount", type="NUMERIC", description="total_money in major units"),
+        Column(name="refunded_amount", type="NUMERIC", description="refunded_money, 0 when absent"),
+        Column(name="currency", type="STRING"),
+        Column(name="customer_id", type="STRING"),
+        Column(name="location_id", type="STRING"),
+        Column(name="order_id", type="STRING"),
+        Column(name="source_type", type="STRING"),
+        Column(name="card_brand", type="STRING"),
+        Column(name="receipt_url", type="STRING"),
+        *METADATA_COLUMNS,
+    ),
+    key=("id",),
+    version_column="updated_at",
+    partition_field="created_at",
+    clustering=("customer_id", "status"),
+)
+
+SQUARE_ITEMS = TableSpec(
+    name="square_items",
+    description="Square catalog, one row per item variation; deleted objects kept with is_deleted.",
+    columns=(
+        Column(name="variation_id", type="STRING", mode="REQUIRED"),
+        Column(name="item_id", type="STRING"),
+        Column(name="name", type="STRING"),
+        Column(name="variation_name", type="STRING"),
+        Column(name="category_id", type="STRING"),
+        Column(name="sku", type="STRING"),
+        Column(name="price", type="NUMERIC", description="NULL for variable pricing"),
+        Column(name="currency", type="STRING"),
+        Column(name="available", type="BOOL", description="not deleted and present at some location"),
+        Column(name="is_deleted", type="BOOL", mode="REQUIRED"),
+        Column(name="version", type="INT64", mode="REQUIRED"),
+        Column(name="updated_at", type="TIMESTAMP", mode="REQUIRED"),
+        *METADATA_COLUMNS,
+    ),
+    key=("variation_id",),
+    version_column="version",
+    clustering=("item_id",),
+)
+
+SQUARE_CUSTOMERS = TableSpec(
+    name="square_customers",
+    description="Square customers without personal data (no names, e-mails, phones or addresses).",
+    columns=(
+        Column(name="id", type="STRING", mode="REQUIRED"),
+        Column(name="created_at", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="updated_at", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="version", type="INT64", mode="REQUIRED"),
+        Column(name="creation_source", type="STRING"),
+        Column(name="reference_id", type="STRING"),
+        Column(name="group_ids", type="STRING", mode="REPEATED"),
+        *METADATA_COLUMNS,
+    ),
+    key=("id",),
+    version_column="version",
+    clustering=("id",),
+)
+
+REJECTS = TableSpec(
+    name="_possync_rejects",
+    description="Source records that failed validation, with the reason; nothing is dropped silently.",
+    columns=(
+        Column(name="source", type="STRING", mode="REQUIRED"),
+        Column(name="stream", type="STRING", mode="REQUIRED"),
+        Column(name="record_key", type="STRING"),
+        Column(name="reason", type="STRING", mode="REQUIRED"),
+        Column(name="raw", type="STRING", description="the record as received, JSON"),
+        Column(name="message_id", type="STRING"),
+        Column(name="rejected_at", type="TIMESTAMP", mode="REQUIRED"),
+    ),
+    key=("source", "stream", "record_key", "message_id"),
+    version_column=None,
+    partition_field="rejected_at",
+    clustering=("source", "stream"),
+)
+
+#: Every table possync manages, by name.
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec for spec in (SQUARE_PAYMENTS, SQUARE_ITEMS, SQUARE_CUSTOMERS, REJECTS)
+}
+
+_STREAM_TABLES = {
+    ("square", "payments"): SQUARE_PAYMENTS,
+    ("square", "items"): SQUARE_ITEMS,
+    ("square", "customers"): SQUARE_CUSTOMERS,
+}
+
+
+def table_for(source: str, stream: str) -> TableSpec:
+    """The table a (source, stream) writes to.
+
+    Raises:
+        KeyError: for an unknown stream.
+    """
+    return _STREAM_TABLES[(source, stream)]

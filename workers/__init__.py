@@ -1,0 +1,1 @@
+"""Everything that consumes queues: the broker, actors, sync engine, sources and sinks."""

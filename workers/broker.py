@@ -1,0 +1,314 @@
+"""The one Dramatiq broker and its middleware: retries, dead letters, heartbeats, request tracking, logs.
+
+Redis keys (namespace ``dramatiq``, Dramatiq's own layout) hold the queues: ``<q>`` (ready ids),
+``<q>.msgs`` (every unacknowledged message), ``<q>.DQ`` (delayed), ``__acks__.<worker>.<q>`` (taken
+but not acknowledged: in flight), ``<q>.XQ`` (dead letters). possync adds, under ``possync:``:
+
+- ``dead:<q>``: hash of message id -> the last error of each dead-lettered message (Dramatiq keeps
+  the message but not why it died);
+- ``request:<request_id>``: hash of message id -> ``pending`` | ``done`` | ``dead`` for every message
+  a request caused, children included, so ``--wait`` follows its own messages, not queue lengths.
+
+Why the defaults differ from the replaced system's "3 attempts, 5 minutes": see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import dramatiq
+import redis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import compute_backoff, dq_name
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from schemas.settings import Settings
+
+__all__ = [
+    "DEAD_KEY",
+    "REQUEST_KEY",
+    "DeadLetters",
+    "LogContext",
+    "Maintenance",
+    "PossyncRedisBroker",
+    "PossyncRetries",
+    "RequestTracking",
+    "build_broker",
+    "message_request_id",
+]
+
+NAMESPACE = "possync"
+#: Hash of message id -> last error (JSON), per queue: why each dead letter died.
+DEAD_KEY = NAMESPACE + ":dead:{queue}"
+#: Hash of message id -> state, per request.
+REQUEST_KEY = NAMESPACE + ":request:{request_id}"
+#: How long a request's tracking hash is kept after its last change, seconds.
+REQUEST_TTL_SECONDS = 14 * 86_400
+
+log = structlog.get_logger(__name__)
+
+
+def message_request_id(message: dramatiq.Message[Any] | dramatiq.MessageProxy) -> str | None:
+    """The ``request_id`` a possync message carries in its payload, if any."""
+    payload = message.kwargs.get("payload") if isinstance(message.kwargs, dict) else None
+    if isinstance(payload, dict):
+        request_id = payload.get("request_id")
+        if isinstance(request_id, str):
+            return request_id
+    return None
+
+
+class PossyncRedisBroker(RedisBroker):
+    """Dramatiq's RedisBroker plus deliberate maintenance.
+
+    Dramatiq requeues a dead worker's unacknowledged messages only during "maintenance", which runs
+    on a random 0.1% of Redis commands; a worker busy with one long message sends no heartbeat at
+    all. Both make "when does a killed worker's message come back?" a matter of luck. Here every
+    worker process beats and maintains every queue on a timer (see :class:`Maintenance`), so a
+    killed worker's messages are back on their queue within ``heartbeat_timeout`` plus one interval.
+    """
+
+    _force = threading.local()
+
+    def _should_do_maintenance(self, command: str) -> int:
+        if getattr(self._force, "on", False):
+            return 1
+        return int(super()._should_do_maintenance(command))
+
+    def maintain(self, queues: Iterable[str]) -> None:
+        """Beat this process's heartbeat and requeue dead workers' messages on ``queues``."""
+        self._force.on = True
+        try:
+            for queue in queues:
+                self.do_qsize(queue)
+                self.do_qsize(dq_name(queue))
+        finally:
+            self._force.on = False
+
+
+class Maintenance(Middleware):
+    """A thread per worker process: heartbeat plus requeue of dead workers' messages, on a timer."""
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if not isinstance(broker, PossyncRedisBroker):
+            raise TypeError("Maintenance needs a PossyncRedisBroker")
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval_seconds):
+                try:
+                    broker.maintain(broker.get_declared_queues())
+                except redis.RedisError as exc:
+                    # Redis down: the consumers report it too; keep beating when it returns.
+                    log.warning("maintenance_failed", error=str(exc))
+
+        self._thread = threading.Thread(target=loop, name="possync-maintenance", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+
+class PossyncRetries(Retries):
+    """Dramatiq's retries with jittered exponential backoff that honours ``Retry-After``.
+
+    An exception carrying ``retry_after_seconds`` (a 429 from a source) is retried no sooner than
+    the source asked; otherwise the usual exponential backoff with jitter applies. Exceptions listed
+    in an actor's ``throws`` (``PermanentError``) are never retried.
+    """
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        retry_after = getattr(exception, "retry_after_seconds", None)
+        if exception is None or retry_after is None or isinstance(exception, dramatiq.Retry):
+            super().after_process_message(broker, message, result=result, exception=exception)
+            return
+        retries = int(message.options.get("retries", 0))
+        _, backoff_ms = compute_backoff(retries, factor=self.min_backoff, max_backoff=self.max_backoff)
+        # At least what the source asked, plus jitter so that a pool does not come back in lockstep.
+        retry_after_ms = float(retry_after) * 1000
+        delay_ms = int(max(backoff_ms, retry_after_ms * (1 + random.uniform(0, 0.25))))
+        wrapped = dramatiq.Retry(f"{type(exception).__name__}: {exception}", delay=delay_ms)
+        super().after_process_message(broker, message, result=result, exception=wrapped)
+
+
+def _error_record(message: dramatiq.MessageProxy, exception: BaseException | None) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": message.queue_name.removesuffix(".DQ"),
+        "request_id": message_request_id(message),
+        "error_type": type(exception).__name__ if exception else "Skipped",
+        "error": str(exception)[:2000] if exception else "message skipped (age limit)",
+        "retries": int(message.options.get("retries", 0)),
+        "failed_at": time.time(),
+    }
+
+
+class DeadLetters(Middleware):
+    """Records why each dead-lettered message died, beside Dramatiq's own dead-letter queue."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is not None and message.failed:
+            self._record(message, exception)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        if message.failed:
+            self._record(message, None)
+
+    def _record(self, message: dramatiq.MessageProxy, exception: BaseException | None) -> None:
+        record = _error_record(message, exception)
+        self.client.hset(DEAD_KEY.format(queue=record["queue"]), message.message_id, json.dumps(record))
+        log.error(
+            "message_dead_lettered",
+            actor=record["actor"],
+            queue=record["queue"],
+            error_type=record["error_type"],
+            error=record["error"],
+            retries=record["retries"],
+        )
+
+
+class RequestTracking(Middleware):
+    """Tracks every message of a request: pending when enqueued, then done or dead."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def _set(self, message: dramatiq.Message[Any] | dramatiq.MessageProxy, state: str) -> None:
+        request_id = message_request_id(message)
+        if request_id is None:
+            return
+        key = REQUEST_KEY.format(request_id=request_id)
+        pipe = self.client.pipeline()
+        pipe.hset(key, message.message_id, state)
+        pipe.expire(key, REQUEST_TTL_SECONDS)
+        pipe.execute()
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        # Before, not after: a fast worker could finish the message before "pending" is written.
+        self._set(message, "pending")
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            self._set(message, "done")
+        elif message.failed:
+            self._set(message, "dead")
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._set(message, "dead" if message.failed else "done")
+
+
+class LogContext(Middleware):
+    """Binds message_id, actor, queue and request_id to every log line of a message; one summary line."""
+
+    def __init__(self) -> None:
+        self._started = threading.local()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id,
+            actor=message.actor_name,
+            queue=message.queue_name,
+            request_id=message_request_id(message),
+            attempt=int(message.options.get("retries", 0)) + 1,
+        )
+        self._started.at = time.monotonic()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        seconds = round(time.monotonic() - getattr(self._started, "at", time.monotonic()), 3)
+        if exception is None:
+            log.info("message_done", seconds=seconds)
+        elif message.failed:
+            log.error("message_failed", seconds=seconds, error_type=type(exception).__name__)
+        else:
+            log.warning(
+                "message_retrying", seconds=seconds, error_type=type(exception).__name__, error=str(exception)
+            )
+        structlog.contextvars.clear_contextvars()
+
+
+def build_broker(settings: Settings, *, client: redis.Redis | None = None) -> PossyncRedisBroker:
+    """The broker for this process, from settings. Connects lazily (nothing at import or build time).
+
+    Args:
+        settings: possync settings (Redis URL, retry and time-limit knobs).
+        client: a Redis client to use instead of one built from ``settings.redis_url``.
+    """
+    client = client or redis.Redis.from_url(settings.redis_url)
+    # Dramatiq calls after_* hooks in reverse order: the middleware that reads ``message.failed``
+    # (set by Retries) must come before Retries in this list.
+    middleware = [
+        LogContext(),
+        DeadLetters(client),
+        RequestTracking(client),
+        AgeLimit(),
+        TimeLimit(time_limit=settings.actor_time_limit_seconds * 1000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        PossyncRetries(
+            max_retries=settings.max_retries,
+            min_backoff=int(settings.min_backoff_seconds * 1000),
+            max_backoff=int(settings.max_backoff_seconds * 1000),
+        ),
+        CurrentMessage(),
+        Maintenance(settings.worker_maintenance_interval_seconds),
+    ]
+    return PossyncRedisBroker(
+        client=client,
+        middleware=middleware,
+        heartbeat_timeout=settings.worker_heartbeat_timeout_seconds * 1000,
+        dead_message_ttl=settings.dead_letter_ttl_days * 86_400_000,
+    )

@@ -1,0 +1,1 @@
+"""Where synced rows go."""
