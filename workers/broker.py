@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import redis
@@ -37,6 +37,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from schemas.messages import Payload, Route
 from schemas.settings import Settings
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "RequestTracking",
     "build_broker",
     "message_request_id",
+    "send",
 ]
 
 NAMESPACE = "possync"
@@ -71,6 +73,37 @@ def message_request_id(message: dramatiq.Message[Any] | dramatiq.MessageProxy) -
         if isinstance(request_id, str):
             return request_id
     return None
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def send(broker: dramatiq.Broker, route: Route[P], payload: P, *, delay_ms: int | None = None) -> Any:
+    """Put one validated payload on its route's queue, by actor name (no actor import needed).
+
+    Args:
+        broker: the broker to send through.
+        route: queue and actor name, from ``schemas/messages.py``.
+        payload: an instance of ``route.payload``.
+        delay_ms: deliver no sooner than this many milliseconds from now.
+
+    Returns:
+        The enqueued ``dramatiq.Message`` (its ``message_id`` identifies it everywhere).
+
+    Raises:
+        TypeError: if the payload is not of the route's type.
+    """
+    if not isinstance(payload, route.payload):
+        raise TypeError(f"{route.actor} takes {route.payload.__name__}, not {type(payload).__name__}")
+    broker.declare_queue(route.queue)
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=route.queue,
+        actor_name=route.actor,
+        args=(),
+        kwargs={"payload": payload.model_dump(mode="json")},
+        options={},
+    )
+    return broker.enqueue(message, delay=delay_ms)
 
 
 class PossyncRedisBroker(RedisBroker):

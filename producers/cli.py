@@ -1,0 +1,420 @@
+"""The ``possync`` command: the composition root.
+
+Each subcommand imports what it needs inside its own function, so ``possync status`` never loads
+the BigQuery client and ``possync worker`` never loads the sandbox. Settings are loaded once here
+from ``POSSYNC_*`` variables and passed down; a missing or invalid one fails at start-up, named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+__all__ = ["main"]
+
+_DESCRIPTION = """\
+possync keeps a BigQuery warehouse in step with Square.
+
+Producers (this command, the scheduler, the webhook receiver) put messages on Redis queues;
+worker pools (`possync worker`) consume them, page the Square API and merge rows into BigQuery.
+Everything is configured by POSSYNC_* environment variables (see README.md).
+
+Try `possync demo`: it runs the whole system locally against a Square sandbox and a BigQuery
+emulator, with no account anywhere, and checks the warehouse against the ground truth.
+"""
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; the message says why. Exit status 2."""
+
+
+def _parse_when(text: str) -> datetime:
+    """A date (midnight UTC) or an ISO 8601 date-time (UTC unless it says otherwise)."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or ISO date-time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="possync", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker pool (Dramatiq processes and threads) on some queues",
+        description="Run worker processes that consume the given queues until stopped (SIGTERM/Ctrl-C).",
+    )
+    worker.add_argument("--queues", nargs="+", default=["square"], help="queues to consume (default: square)")
+    worker.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
+    worker.add_argument("--threads", type=_positive_int, default=4, help="threads per process (default: 4)")
+
+    sync = commands.add_parser(
+        "sync",
+        help="enqueue an incremental sync of a source",
+        description="Enqueue an incremental sync (changes since the checkpoint, with lookback).",
+    )
+    sync.add_argument("source", choices=["square"])
+    sync.add_argument(
+        "--stream",
+        choices=["payments", "items", "customers"],
+        action="append",
+        help="stream to sync; repeat for several (default: all)",
+    )
+    _add_wait(sync)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="enqueue a backfill of a source's history, split into windows",
+        description=(
+            "Plan a backfill: payments created in [--since, --until) are split into windows per location,\n"
+            "one message each, run in parallel by the workers; items and customers are read whole.\n"
+            "The plan is kept in Redis: `possync status` shows what is missing and --resume re-enqueues it."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backfill.add_argument("source", choices=["square"])
+    backfill.add_argument("--since", type=_parse_when, help="start, YYYY-MM-DD or ISO date-time (UTC)")
+    backfill.add_argument("--until", type=_parse_when, help="end, exclusive (default: now)")
+    backfill.add_argument("--window-days", type=_positive_int, help="days of payments per window")
+    backfill.add_argument(
+        "--resume",
+        action="store_true",
+        help="re-enqueue the windows of the latest (or --backfill-id) backfill that are not done",
+    )
+    backfill.add_argument("--backfill-id", help="with --resume: which backfill (default: the latest)")
+    _add_wait(backfill)
+
+    status = commands.add_parser(
+        "status", help="show queues, streams, backfills and dead letters", description="Show system state."
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    report = commands.add_parser(
+        "report",
+        help="print revenue figures from the warehouse",
+        description="Revenue today/this week/month/year (report time zone), transactions, customers, AOV.",
+    )
+    report.add_argument("--json", action="store_true", help="print JSON")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole system locally (sandbox, Redis, BigQuery emulator) and check it",
+        description=(
+            "Start a Redis server, the Square sandbox, the BigQuery emulator and worker processes on this\n"
+            "machine (ignoring every POSSYNC_ endpoint and credential in the environment: it never touches\n"
+            "a real service), backfill the full history with a progress display, print the report, then\n"
+            "compare the warehouse with the sandbox's ground truth row by row. Exits non-zero on any\n"
+            "difference. The first run builds the emulator's environment (about a minute)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--payments", type=_positive_int, default=100_184, help="payments to generate")
+    demo.add_argument("--customers", type=_positive_int, default=1_732, help="customers to generate")
+    demo.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
+    demo.add_argument("--threads", type=_positive_int, default=4, help="threads per worker process")
+    demo.add_argument("--seed", type=int, default=7, help="sandbox data seed")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="after the check, print the endpoints and stay up"
+    )
+    demo.add_argument("--work-dir", help="where to keep logs and data (default: a temporary directory)")
+    return parser
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until every message of this request is done; non-zero exit if any was dead-lettered",
+    )
+    parser.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``possync`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from schemas.settings import ConfigError
+
+    handlers = {
+        "worker": _worker,
+        "sync": _sync,
+        "backfill": _backfill,
+        "status": _status,
+        "report": _report,
+        "demo": _demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, CommandError) as exc:
+        print(f"possync {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings() -> Any:
+    from schemas.settings import load_settings
+    from workers.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format, stream=sys.stderr)
+    return settings
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import dramatiq.cli
+
+    settings = _settings()
+    # Fail here, naming the variable, rather than in every forked process on its first message.
+    settings.require_square()
+    settings.require_bigquery()
+    dramatiq_args = dramatiq.cli.make_argument_parser().parse_args(
+        [
+            "workers.entry:setup",
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+            "--skip-logging",
+            "--queues",
+            *args.queues,
+        ]
+    )
+    return int(dramatiq.cli.main(dramatiq_args) or 0)
+
+
+def _redis(settings: Any) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def _wait_and_report(args: argparse.Namespace, settings: Any, request_id: str) -> int:
+    """Follow a request to its end, printing progress to stderr and a summary to stdout."""
+    import time as clock
+
+    from producers.waiting import RequestTimeout, wait_for_request
+    from workers.queues import dead_letters
+
+    client = _redis(settings)
+    started = clock.monotonic()
+    last_line = ""
+
+    def show(progress: Any) -> None:
+        nonlocal last_line
+        line = f"  {progress.done + progress.dead}/{progress.total} messages finished"
+        if progress.dead:
+            line += f", {progress.dead} dead-lettered"
+        if line != last_line:
+            print(line, file=sys.stderr, flush=True)
+            last_line = line
+
+    try:
+        progress = wait_for_request(client, request_id, timeout_seconds=args.timeout, on_progress=show)
+    except RequestTimeout as exc:
+        print(f"possync: {exc}", file=sys.stderr)
+        return 3
+    seconds = clock.monotonic() - started
+    summary: dict[str, Any] = {
+        "request_id": request_id,
+        "messages": progress.total,
+        "done": progress.done,
+        "dead": progress.dead,
+        "seconds": round(seconds, 1),
+    }
+    if progress.dead:
+        dead = set(progress.dead_message_ids)
+        summary["dead_letters"] = [
+            {"message_id": letter.message_id, "actor": letter.actor, "error": letter.error}
+            for letter in dead_letters(client, ["square"])
+            if letter.message_id in dead
+        ]
+    print(json.dumps(summary, indent=2))
+    return 1 if progress.dead else 0
+
+
+def _broker(settings: Any) -> Any:
+    from workers.broker import build_broker
+
+    return build_broker(settings)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from producers.enqueue import enqueue, new_request_id
+    from schemas.messages import SYNC_SQUARE_STREAM, SyncRequest
+
+    settings = _settings()
+    broker = _broker(settings)
+    request_id = new_request_id("sync")
+    for stream in args.stream or ["payments", "items", "customers"]:
+        enqueue(broker, SYNC_SQUARE_STREAM, SyncRequest(request_id=request_id, stream=stream))
+    print(f"enqueued sync {request_id}", file=sys.stderr)
+    return _wait_and_report(args, settings, request_id) if args.wait else 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from producers.enqueue import enqueue, new_request_id
+    from schemas.messages import BACKFILL_SQUARE_WINDOW, PLAN_SQUARE_BACKFILL, BackfillRequest
+    from workers.state import StateStore
+
+    settings = _settings()
+    broker = _broker(settings)
+    request_id = new_request_id("backfill")
+    if args.resume:
+        state = StateStore(_redis(settings))
+        plan = state.get_plan(args.backfill_id) if args.backfill_id else state.latest_backfill()
+        if plan is None:
+            raise CommandError(
+                "no backfill to resume" + (f" with id {args.backfill_id}" if args.backfill_id else "")
+            )
+        missing = state.missing_windows(plan.backfill_id)
+        for window in missing:
+            enqueue(broker, BACKFILL_SQUARE_WINDOW, window.model_copy(update={"request_id": request_id}))
+        print(f"resumed backfill {plan.backfill_id}: {len(missing)} windows re-enqueued", file=sys.stderr)
+        if not missing:
+            return 0
+    else:
+        if args.since is None:
+            raise CommandError("--since is required (or --resume)")
+        until = args.until or datetime.now(UTC)
+        if until <= args.since:
+            raise CommandError("--until must be after --since")
+        request = BackfillRequest(
+            request_id=request_id,
+            backfill_id=request_id,
+            since=args.since,
+            until=until,
+            window_days=args.window_days or settings.backfill_window_days,
+        )
+        enqueue(broker, PLAN_SQUARE_BACKFILL, request)
+        print(
+            f"enqueued backfill {request_id} from {args.since.isoformat()} to {until.isoformat()}",
+            file=sys.stderr,
+        )
+    return _wait_and_report(args, settings, request_id) if args.wait else 0
+
+
+def collect_status(settings: Any, *, now: datetime | None = None) -> dict[str, Any]:
+    """The state ``possync status --json`` prints."""
+    from schemas.messages import ROUTES
+    from workers.queues import dead_letters, queue_depth
+    from workers.state import StateStore
+
+    client = _redis(settings)
+    now = now or datetime.now(UTC)
+    queues = sorted({route.queue for route in ROUTES.values()})
+    state = StateStore(client)
+    streams = {}
+    for name, stream in sorted(state.list_streams().items()):
+        last_success = stream.last_success
+        streams[name] = {
+            "checkpoint": stream.checkpoint.isoformat() if stream.checkpoint else None,
+            "last_success": last_success.isoformat() if last_success else None,
+            "lag_seconds": round((now - last_success).total_seconds(), 1) if last_success else None,
+        }
+    backfills = {}
+    for plan in state.list_backfills():
+        backfills[plan.backfill_id] = plan.summary()
+    return {
+        "queues": {queue: queue_depth(client, queue).as_dict() for queue in queues},
+        "streams": streams,
+        "backfills": backfills,
+        "dead_letters": [
+            {
+                "message_id": letter.message_id,
+                "queue": letter.queue,
+                "actor": letter.actor,
+                "age_seconds": round(letter.age_seconds, 1),
+                "error_type": letter.error_type,
+                "error": letter.error,
+                "retries": letter.retries,
+            }
+            for letter in dead_letters(client, queues)
+        ],
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings()
+    status = collect_status(settings)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    print("queues:")
+    for queue, depth in status["queues"].items():
+        print(
+            f"  {queue:<12} ready {depth['ready']:>6}  delayed {depth['delayed']:>6}  "
+            f"in flight {depth['in_flight']:>6}  dead {depth['dead']:>6}"
+        )
+    print("streams:")
+    for name, stream in status["streams"].items() or [("(none yet)", None)]:
+        if stream is None:
+            print(f"  {name}")
+            continue
+        print(f"  {name:<20} last success {stream['last_success']}  lag {stream['lag_seconds']} s")
+    print("backfills:")
+    for backfill_id, plan in status["backfills"].items():
+        print(f"  {backfill_id}: {plan}")
+    if status["dead_letters"]:
+        print("dead letters:")
+        for letter in status["dead_letters"]:
+            print(f"  {letter['message_id']} {letter['actor']} {letter['error_type']}: {letter['error']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workers.report import build_report
+    from workers.sinks.bigquery import make_bigquery_client
+
+    settings = _settings()
+    project = settings.require_bigquery()
+    report = build_report(
+        make_bigquery_client(settings),
+        project=project,
+        dataset=settings.bigquery_dataset,
+        zone=settings.zone(),
+        now=datetime.now(UTC),
+    )
+    if args.json:
+        print(report.model_dump_json(by_alias=True, indent=2))
+    else:
+        for key, value in report.model_dump(by_alias=True, mode="json").items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sandbox.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            payments=args.payments,
+            customers=args.customers,
+            processes=args.processes,
+            threads=args.threads,
+            seed=args.seed,
+            keep_running=args.keep_running,
+            work_dir=args.work_dir,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The broker's middleware against a real Redis server and a real Dramatiq worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+
+from schemas.settings import Settings
+from tests.polling import wait_until
+from workers.broker import PossyncRedisBroker, build_broker
+from workers.errors import PermanentError, RateLimited, SourceUnavailable
+from workers.queues import dead_letters, queue_depth, request_progress
+
+QUEUE = "brokertest"
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[PossyncRedisBroker]:
+    settings = Settings(
+        redis_url=redis_url,
+        max_retries=3,
+        min_backoff_seconds=0.05,
+        max_backoff_seconds=0.2,
+        worker_heartbeat_timeout_seconds=5,
+        worker_maintenance_interval_seconds=0.5,
+    )
+    broker = build_broker(settings)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def run_worker(broker: PossyncRedisBroker) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def start() -> Worker:
+        worker = Worker(broker, queues=[QUEUE], worker_threads=2, worker_timeout=100)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def _payload(request_id: str, **extra: Any) -> dict[str, Any]:
+    return {"payload": {"request_id": request_id, **extra}}
+
+
+def test_request_tracking_follows_done_and_dead_messages(broker: PossyncRedisBroker, run_worker: Any) -> None:
+    # Given an actor that succeeds and one that fails permanently
+    calls: dict[str, int] = {"ok": 0, "bad": 0}
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="ok_actor", throws=(PermanentError,))
+    def ok_actor(payload: dict[str, Any]) -> None:
+        calls["ok"] += 1
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="bad_actor", throws=(PermanentError,))
+    def bad_actor(payload: dict[str, Any]) -> None:
+        calls["bad"] += 1
+        raise PermanentError("source said 401: token revoked", system="square", status_code=401)
+
+    # When both are sent under one request and a worker runs
+    ok_actor.send_with_options(kwargs=_payload("req-1"))
+    bad = bad_actor.send_with_options(kwargs=_payload("req-1"))
+    run_worker()
+
+    # Then the request finishes with one done and one dead message
+    progress = wait_until(
+        lambda: (p := request_progress(broker.client, "req-1")) if p.finished else None,
+        timeout_seconds=20,
+        message="request req-1 never finished",
+    )
+    assert (progress.done, progress.dead) == (1, 1)
+    assert progress.dead_message_ids == (bad.message_id,)
+    # And the permanent error was not retried
+    assert calls == {"ok": 1, "bad": 1}
+    # And the dead letter carries its last error and is counted
+    letters = dead_letters(broker.client, [QUEUE])
+    assert [letter.message_id for letter in letters] == [bad.message_id]
+    assert letters[0].error_type == "PermanentError"
+    assert "token revoked" in (letters[0].error or "")
+    assert letters[0].retries == 0
+    assert queue_depth(broker.client, QUEUE).dead == 1
+
+
+def test_retryable_errors_are_retried_then_dead_lettered(broker: PossyncRedisBroker, run_worker: Any) -> None:
+    # Given an actor that always fails with a retryable error (max_retries=3)
+    attempts: list[float] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="flaky_actor", throws=(PermanentError,))
+    def flaky_actor(payload: dict[str, Any]) -> None:
+        attempts.append(time.monotonic())
+        raise SourceUnavailable("503 from square", system="square", status_code=503)
+
+    # When it runs
+    message = flaky_actor.send_with_options(kwargs=_payload("req-2"))
+    run_worker()
+
+    # Then it is tried 1 + 3 times and ends dead-lettered with its last error
+    progress = wait_until(
+        lambda: (p := request_progress(broker.client, "req-2")) if p.finished else None,
+        timeout_seconds=30,
+        message="request req-2 never finished",
+    )
+    assert progress.dead_message_ids == (message.message_id,)
+    assert len(attempts) == 4
+    letter = dead_letters(broker.client, [QUEUE])[0]
+    assert letter.error_type == "SourceUnavailable"
+    assert letter.retries == 3
+
+
+def test_retry_after_is_honoured(broker: PossyncRedisBroker, run_worker: Any) -> None:
+    # Given an actor rate-limited once with Retry-After: 1 s, far above the 0.05 s minimum backoff
+    attempts: list[float] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="limited_actor", throws=(PermanentError,))
+    def limited_actor(payload: dict[str, Any]) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RateLimited("429 from square", system="square", status_code=429, retry_after_seconds=1.0)
+
+    # When it runs
+    limited_actor.send_with_options(kwargs=_payload("req-3"))
+    run_worker()
+
+    # Then the second attempt came no sooner than the source asked
+    wait_until(
+        lambda: request_progress(broker.client, "req-3").finished,
+        timeout_seconds=20,
+        message="request req-3 never finished",
+    )
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 1.0
+
+
+def test_a_dead_workers_messages_come_back_after_the_heartbeat_timeout(redis_url: str) -> None:
+    # Given a "worker" (its own broker id) that took a message and then died without acknowledging
+    client = redis.Redis.from_url(redis_url)
+    settings = Settings(
+        redis_url=redis_url, worker_heartbeat_timeout_seconds=5, worker_maintenance_interval_seconds=0.5
+    )
+    doomed = build_broker(settings)
+    doomed.declare_queue(QUEUE)
+    doomed.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="x", args=(), kwargs={}, options={}))
+    consumer = doomed.consume(QUEUE, prefetch=1, timeout=100)
+    taken = wait_until(lambda: next(consumer), timeout_seconds=5, message="message never fetched")
+    assert taken is not None
+    # Then the message shows as in flight, not ready
+    assert queue_depth(client, QUEUE).as_dict() == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 0}
+
+    # When a live worker process keeps beating and maintaining (its Maintenance thread's loop)
+    survivor = build_broker(settings)
+    survivor.declare_queue(QUEUE)
+    stop = threading.Event()
+
+    def maintain() -> None:
+        while not stop.wait(0.5):
+            survivor.maintain([QUEUE])
+
+    thread = threading.Thread(target=maintain, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        # Then after the heartbeat timeout (5 s here) the message is back on the queue
+        wait_until(
+            lambda: queue_depth(client, QUEUE).ready == 1,
+            timeout_seconds=15,
+            message="the dead worker's message was never requeued",
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert time.monotonic() - started >= 4.0
+    assert queue_depth(client, QUEUE).in_flight == 0
