@@ -16,7 +16,7 @@ from schemas.settings import Settings
 from tests.polling import wait_until
 from workers.broker import PossyncRedisBroker, build_broker
 from workers.errors import PermanentError, RateLimited, SourceUnavailable
-from workers.queues import dead_letters, queue_depth, request_progress
+from workers.queues import RequestProgress, dead_letters, queue_depth, request_progress
 
 QUEUE = "brokertest"
 
@@ -51,6 +51,11 @@ def run_worker(broker: PossyncRedisBroker) -> Iterator[Any]:
         worker.stop()
 
 
+def _finished(client: redis.Redis, request_id: str) -> RequestProgress | None:
+    progress = request_progress(client, request_id)
+    return progress if progress.finished else None
+
+
 def _payload(request_id: str, **extra: Any) -> dict[str, Any]:
     return {"payload": {"request_id": request_id, **extra}}
 
@@ -75,7 +80,7 @@ def test_request_tracking_follows_done_and_dead_messages(broker: PossyncRedisBro
 
     # Then the request finishes with one done and one dead message
     progress = wait_until(
-        lambda: (p := request_progress(broker.client, "req-1")) if p.finished else None,
+        lambda: _finished(broker.client, "req-1"),
         timeout_seconds=20,
         message="request req-1 never finished",
     )
@@ -107,7 +112,7 @@ def test_retryable_errors_are_retried_then_dead_lettered(broker: PossyncRedisBro
 
     # Then it is tried 1 + 3 times and ends dead-lettered with its last error
     progress = wait_until(
-        lambda: (p := request_progress(broker.client, "req-2")) if p.finished else None,
+        lambda: _finished(broker.client, "req-2"),
         timeout_seconds=30,
         message="request req-2 never finished",
     )

@@ -1,0 +1,57 @@
+"""``possync demo``: the embedded default runs end to end, checks itself, and never logs its secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas.settings import ENV_PREFIX
+
+SENTINEL = "sentinel-token-7f3a9c"
+
+
+def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
+    # Given a caller environment pointing at services that must be ignored
+    env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
+    env["POSSYNC_SQUARE_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens: must never be used
+    env["POSSYNC_BIGQUERY_ENDPOINT"] = "http://127.0.0.1:9"
+
+    # When the demo runs a small history with a sentinel token
+    work_dir = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producers.cli",
+            "demo",
+            "--payments",
+            "3000",
+            "--customers",
+            "200",
+            "--processes",
+            "1",
+            "--threads",
+            "3",
+            "--sandbox-token",
+            SENTINEL,
+            "--work-dir",
+            str(work_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+    # Then it exits 0 after checking the warehouse, reports its duration and the report keys
+    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+    assert "demo duration:" in result.stderr
+    for key in ("todayRevenue", "weekRevenue", "monthRevenue", "yearRevenue", "avgOrderValue"):
+        assert key in result.stdout
+    # And no log line anywhere holds the token
+    logs = [result.stdout, result.stderr] + [p.read_text(errors="replace") for p in work_dir.glob("*.log")]
+    assert any("message_done" in log for log in logs), "the worker log holds no message summary"
+    assert not [log for log in logs if SENTINEL in log]
