@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-running", action="store_true", help="after the check, print the endpoints and stay up"
     )
     demo.add_argument("--work-dir", help="where to keep logs and data (default: a temporary directory)")
+    demo.add_argument(
+        "--sandbox-token",
+        default="sandbox-demo-token",
+        help="the fake access token the sandbox accepts and the workers send (tests use a sentinel)",
+    )
     return parser
 
 
@@ -412,6 +417,7 @@ def _demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             keep_running=args.keep_running,
             work_dir=args.work_dir,
+            token=args.sandbox_token,
         )
     )
 

@@ -28,8 +28,6 @@ __all__ = ["DemoOptions", "run_demo"]
 
 DEMO_PROJECT = "possync-demo"
 DEMO_DATASET = "commerce"
-#: Obviously fake credential the sandbox accepts; never a real token.
-DEMO_TOKEN = "sandbox-demo-token"  # noqa: S105
 #: Payments history the sandbox generates, with a margin: the backfill starts this far back.
 HISTORY_DAYS = 2 * 365 + 30
 
@@ -45,6 +43,8 @@ class DemoOptions:
     seed: int = 7
     keep_running: bool = False
     work_dir: str | None = None
+    #: The fake credential the sandbox accepts; never a real token.
+    token: str = "sandbox-demo-token"  # noqa: S105
 
 
 def _say(text: str) -> None:
@@ -128,7 +128,7 @@ def run_demo(options: DemoOptions) -> int:
         _say("starting the Square sandbox ...")
         sandbox = stack.enter_context(
             start_square_sandbox(
-                payments=options.payments, customers=options.customers, seed=options.seed, token=DEMO_TOKEN
+                payments=options.payments, customers=options.customers, seed=options.seed, token=options.token
             )
         )
         _say(f"  {sandbox.base_url}")
@@ -139,7 +139,7 @@ def run_demo(options: DemoOptions) -> int:
         overrides: dict[str, str] = {
             "redis_url": redis_server.url,
             "square_base_url": sandbox.base_url,
-            "square_access_token": DEMO_TOKEN,
+            "square_access_token": options.token,
             "bigquery_project": DEMO_PROJECT,
             "bigquery_dataset": DEMO_DATASET,
             "bigquery_endpoint": emulator.endpoint,
@@ -172,7 +172,7 @@ def run_demo(options: DemoOptions) -> int:
             for name, value in overrides.items():
                 if name != "square_access_token":
                     _say(f"  POSSYNC_{name.upper()}={value}")
-            _say(f"  POSSYNC_SQUARE_ACCESS_TOKEN=<the sandbox token, {DEMO_TOKEN!r}>")
+            _say("  POSSYNC_SQUARE_ACCESS_TOKEN=<the sandbox token: see --sandbox-token>")
             try:
                 while workers.poll() is None:
                     time.sleep(1)
