@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     #: Explicit ``begin_time`` for incremental payment reads: ListPayments otherwise covers one year only.
     square_history_start: str = "2010-01-01T00:00:00Z"
     square_timeout_seconds: float = 30.0
+    #: Tries per Square request for retryable failures before the whole message is retried.
+    square_request_attempts: int = Field(default=5, ge=1)
+    #: Longest pause between tries of one request; a longer Retry-After sends the message back instead.
+    square_max_request_wait_seconds: float = Field(default=30.0, gt=0)
 
     # BigQuery.
     bigquery_project: str | None = None

@@ -59,10 +59,11 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
     resources = Resources(settings)
     broker.add_middleware(resources)
 
+    # The engine logs one summary line per run; the actors add nothing but the plan's.
     def sync_square_stream(payload: dict[str, Any]) -> None:
         request = _validate(SyncRequest, payload)
         context = resources.get()
-        result = run_incremental(
+        run_incremental(
             client=context.square,
             sink=context.sink,
             state=context.state,
@@ -70,7 +71,6 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
             settings=context.settings,
             message_id=_message_id(),
         )
-        log.info("sync_finished", stream=request.stream, **result.log_fields())
 
     def plan_square_backfill(payload: dict[str, Any]) -> None:
         request = _validate(BackfillRequest, payload)
@@ -85,7 +85,7 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
     def backfill_square_window(payload: dict[str, Any]) -> None:
         window = _validate(BackfillWindow, payload)
         context = resources.get()
-        result = run_window(
+        run_window(
             client=context.square,
             sink=context.sink,
             state=context.state,
@@ -93,7 +93,6 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
             settings=context.settings,
             message_id=_message_id(),
         )
-        log.info("window_finished", window_id=window.window_id, **result.log_fields())
 
     actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     for route, fn in (
@@ -101,11 +100,8 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
         (PLAN_SQUARE_BACKFILL, plan_square_backfill),
         (BACKFILL_SQUARE_WINDOW, backfill_square_window),
     ):
-        actors[route.actor] = dramatiq.actor(
-            fn,
-            actor_name=route.actor,
-            queue_name=route.queue,
-            broker=broker,
-            throws=(PermanentError,),
+        declare = dramatiq.actor(
+            actor_name=route.actor, queue_name=route.queue, broker=broker, throws=(PermanentError,)
         )
+        actors[route.actor] = declare(fn)
     return actors

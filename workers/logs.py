@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 __all__ = ["configure_logging", "redact_secrets"]
 
@@ -44,7 +45,10 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks if fmt == "json" else structlog.processors.StackInfoRenderer(),
+        # Tracebacks without frame locals: a local variable may hold a secret.
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        if fmt == "json"
+        else structlog.processors.StackInfoRenderer(),
         redact_secrets,
     ]
     renderer: Any = (

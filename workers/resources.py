@@ -49,6 +49,8 @@ class WorkerResources:
             token=token,
             square_version=settings.square_version,
             timeout_seconds=settings.square_timeout_seconds,
+            request_attempts=settings.square_request_attempts,
+            max_request_wait_seconds=settings.square_max_request_wait_seconds,
         )
         sink = BigQuerySink(
             make_bigquery_client(settings),
