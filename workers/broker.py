@@ -191,7 +191,26 @@ class PossyncRetries(Retries):
         super().after_process_message(broker, message, result=result, exception=wrapped)
 
 
-def _error_record(message: dramatiq.MessageProxy, exception: BaseException | None) -> dict[str, Any]:
+def _retries_done(
+    broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException | None
+) -> int:
+    """How many times the message was retried before it died.
+
+    Dramatiq's Retries counts the failure it is handling before it gives up, except for an
+    exception the actor ``throws`` (never retried), which it does not count.
+    """
+    counted = int(message.options.get("retries", 0))
+    if exception is None:
+        return counted
+    throws = message.options.get("throws") or broker.get_actor(message.actor_name).options.get("throws")
+    if throws and isinstance(exception, throws):
+        return counted
+    return max(0, counted - 1)
+
+
+def _error_record(
+    broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException | None
+) -> dict[str, Any]:
     return {
         "message_id": message.message_id,
         "actor": message.actor_name,
@@ -199,7 +218,7 @@ def _error_record(message: dramatiq.MessageProxy, exception: BaseException | Non
         "request_id": message_request_id(message),
         "error_type": type(exception).__name__ if exception else "Skipped",
         "error": str(exception)[:2000] if exception else "message skipped (age limit)",
-        "retries": int(message.options.get("retries", 0)),
+        "retries": _retries_done(broker, message, exception),
         "failed_at": time.time(),
     }
 
@@ -219,14 +238,16 @@ class DeadLetters(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         if exception is not None and message.failed:
-            self._record(message, exception)
+            self._record(broker, message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if message.failed:
-            self._record(message, None)
+            self._record(broker, message, None)
 
-    def _record(self, message: dramatiq.MessageProxy, exception: BaseException | None) -> None:
-        record = _error_record(message, exception)
+    def _record(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException | None
+    ) -> None:
+        record = _error_record(broker, message, exception)
         self.client.hset(DEAD_KEY.format(queue=record["queue"]), message.message_id, json.dumps(record))
         log.error(
             "message_dead_lettered",
