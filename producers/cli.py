@@ -407,7 +407,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from sandbox.demo import DemoOptions, run_demo
+    from workers.logs import configure_logging
 
+    # The demo talks to people: its own progress lines; workers log JSON to their log file.
+    configure_logging(level="WARNING", fmt="console", stream=sys.stderr)
     return run_demo(
         DemoOptions(
             payments=args.payments,

@@ -859,7 +859,8 @@ class SquareDataset:
                         "category_id": category_id,
                         "sku": data["sku"],
                         "price_cents": price,
-                        "currency": "USD",
+                        # Only a price has a currency: a variable-priced variation has neither.
+                        "currency": "USD" if price is not None else None,
                         "available": available,
                         "is_deleted": deleted,
                         "version": updated,
