@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
@@ -421,6 +422,7 @@ def _demo(args: argparse.Namespace) -> int:
             keep_running=args.keep_running,
             work_dir=args.work_dir,
             token=args.sandbox_token,
+            emulator_python=os.environ.get("POSSYNC_EMULATOR_PYTHON") or None,
         )
     )
 

@@ -43,6 +43,8 @@ class DemoOptions:
     seed: int = 7
     keep_running: bool = False
     work_dir: str | None = None
+    #: Python 3.13 interpreter for the BigQuery emulator (None: look on PATH and in pyenv).
+    emulator_python: str | None = None
     #: The fake credential the sandbox accepts; never a real token.
     token: str = "sandbox-demo-token"  # noqa: S105
 
@@ -52,7 +54,9 @@ def _say(text: str) -> None:
 
 
 @contextmanager
-def _worker_pool(env: dict[str, str], options: DemoOptions, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _worker_pool(
+    env: dict[str, str], options: DemoOptions, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """``possync worker`` as a subprocess, stopped gracefully (then killed) on exit."""
     log_file = log_path.open("ab")
     process = subprocess.Popen(
@@ -133,7 +137,11 @@ def run_demo(options: DemoOptions) -> int:
         )
         _say(f"  {sandbox.base_url}")
         _say("starting the BigQuery emulator (the first run installs it) ...")
-        emulator = stack.enter_context(BigQueryEmulator.start(DEMO_PROJECT, data_dir=work_dir / "bigquery"))
+        emulator = stack.enter_context(
+            BigQueryEmulator.start(
+                DEMO_PROJECT, data_dir=work_dir / "bigquery", python=options.emulator_python
+            )
+        )
         _say(f"  {emulator.endpoint}")
 
         overrides: dict[str, str] = {
@@ -241,7 +249,9 @@ def _report_and_check(settings: Settings, sandbox_url: str) -> int:
     project = settings.require_bigquery()
     client = make_bigquery_client(settings)
     now = datetime.now(UTC)
-    report = build_report(client, project=project, dataset=settings.bigquery_dataset, zone=settings.zone(), now=now)
+    report = build_report(
+        client, project=project, dataset=settings.bigquery_dataset, zone=settings.zone(), now=now
+    )
     print(report.model_dump_json(by_alias=True, indent=2))
     truth = fetch_truth(sandbox_url)
     _say("checking the warehouse against the ground truth, row by row ...")
