@@ -362,7 +362,7 @@ def test_items_truth_equals_catalog_search_with_deleted_objects(square: SandboxP
                 "category_id": item["item_data"]["category_id"],
                 "sku": data["sku"],
                 "price_cents": price,
-                "currency": "USD",
+                "currency": data.get("price_money", {}).get("currency"),
                 "available": not variation["is_deleted"]
                 and (variation["present_at_all_locations"] or bool(variation.get("present_at_location_ids"))),
                 "is_deleted": variation["is_deleted"],
