@@ -139,7 +139,7 @@ def make_system(
         env.update({ENV_PREFIX + key.upper(): value for key, value in values.items()})
         system = System(
             sandbox=sandbox,
-            settings=Settings(**values),  # type: ignore[arg-type]
+            settings=Settings(**values),
             env=env,
             work_dir=tmp_path,
         )

@@ -41,7 +41,7 @@ def run_worker(broker: PossyncRedisBroker) -> Iterator[Any]:
     workers: list[Worker] = []
 
     def start() -> Worker:
-        worker = Worker(broker, queues=[QUEUE], worker_threads=2, worker_timeout=100)
+        worker = Worker(broker, queues={QUEUE}, worker_threads=2, worker_timeout=100)
         worker.start()
         workers.append(worker)
         return worker
@@ -84,6 +84,7 @@ def test_request_tracking_follows_done_and_dead_messages(broker: PossyncRedisBro
         timeout_seconds=20,
         message="request req-1 never finished",
     )
+    assert progress is not None
     assert (progress.done, progress.dead) == (1, 1)
     assert progress.dead_message_ids == (bad.message_id,)
     # And the permanent error was not retried
@@ -116,6 +117,7 @@ def test_retryable_errors_are_retried_then_dead_lettered(broker: PossyncRedisBro
         timeout_seconds=30,
         message="request req-2 never finished",
     )
+    assert progress is not None
     assert progress.dead_message_ids == (message.message_id,)
     assert len(attempts) == 4
     letter = dead_letters(broker.client, [QUEUE])[0]
