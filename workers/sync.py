@@ -1,31 +1,26 @@
 """The sync engine: pages in, validated rows in bounded batches out to the sink, checkpoint after commit.
 
-Source-agnostic in its loop: a small per-stream adapter (``_STREAMS``) says how to read a stream
-from the Square client and how to turn one raw record into warehouse rows; everything else (batching,
-rejects, overlapping fetching with loading, checkpoints, locks, backfill plans) is the same for every
-stream. A record that fails validation becomes a ``_possync_rejects`` row and the rest still load.
+Source-agnostic in its loop: per-stream readers and converters (``_CONVERTERS``) say how to read a stream
+from the Square client and how to turn one raw record into warehouse rows; everything else (rejects,
+overlapping fetching with loading, checkpoints, locks, backfill plans) is the same for every stream.
+A record that fails validation becomes a ``_possync_rejects`` row and the rest still load.
 
 Fetching and loading overlap: the calling thread pages and converts while one writer thread loads
-the previous batch (a queue of one batch between them). An error on either side stops both and
-propagates; the checkpoint (or the backfill window's ``done``) is written only after every batch was.
+the previous batch (a queue of one batch between them; batching and the writer are in
+``workers/batching.py``). An error on either side stops both and propagates; the checkpoint (or the
+backfill window's ``done``) is written only after every batch was.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import hashlib
-import json
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from schemas.messages import BackfillRequest, BackfillWindow
 from schemas.settings import Settings
@@ -37,7 +32,8 @@ from schemas.square import (
     item_rows,
     payment_row,
 )
-from schemas.tables import REJECTS, TableSpec, table_for
+from schemas.tables import REJECTS, table_for
+from workers.batching import MAX_REASON_CHARS, Batcher, Sink, Writer, reject_row
 from workers.errors import InvalidPayload
 from workers.sources.square import SquareClient, rfc3339
 from workers.state import StateStore
@@ -48,27 +44,8 @@ __all__ = ["SOURCE", "Sink", "SyncResult", "plan_backfill", "run_incremental", "
 SOURCE = "square"
 #: Seconds a stream lock outlives a holder that stopped heartbeating.
 LOCK_TTL_SECONDS = 60
-#: Longest rejection reason stored, characters.
-_MAX_REASON = 2000
-#: Keys of personal data dropped from a rejected record's raw JSON before it is stored: the
-#: warehouse never copies what analytics does not need.
-_PERSONAL_KEYS = frozenset(
-    {
-        "given_name", "family_name", "nickname", "company_name", "email_address", "buyer_email_address",
-        "phone_number", "address", "billing_address", "shipping_address", "birthday", "note",
-        "cardholder_name", "fingerprint", "bin", "last_4", "exp_month", "exp_year",
-    }
-)  # fmt: skip
 
 log = structlog.get_logger()
-
-
-class Sink(Protocol):
-    """Where batches go (``workers/sinks/bigquery.py:BigQuerySink``): idempotent per ``batch_id``."""
-
-    def write(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], *, batch_id: str) -> object:
-        """Merge ``rows`` into ``spec``'s table; a repeated ``batch_id`` re-attaches, never duplicates."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -170,161 +147,7 @@ def _window_pages(client: SquareClient, window: BackfillWindow) -> Iterator[list
         yield from client.iter_customers()
 
 
-# Batching and loading.
-
-
-@dataclass
-class _Batch:
-    spec: TableSpec
-    rows: list[dict[str, Any]]
-    batch_id: str
-
-
-@dataclass
-class _Batcher:
-    """Rows of one table, bounded by rows and bytes; one row per key (the newest version)."""
-
-    spec: TableSpec
-    scope: str
-    stream: str
-    max_rows: int
-    max_bytes: int
-    rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
-    size_bytes: int = 0
-
-    def add(self, row: dict[str, Any]) -> _Batch | None:
-        """Add a row; return the batch to write first if the row would overflow the bounds."""
-        # The row as the NDJSON line the sink loads: a cheap, close estimate of what it costs.
-        row_bytes = len(json.dumps(row, separators=(",", ":"), default=str)) + 1
-        key = tuple(row.get(column) for column in self.spec.key)
-        flushed = None
-        if key not in self.rows and (
-            len(self.rows) + 1 > self.max_rows or self.size_bytes + row_bytes > self.max_bytes
-        ):
-            flushed = self.flush()
-        existing = self.rows.get(key)
-        # A record met twice in one read (it changed between pages) keeps its newest version: a MERGE
-        # must match at most one source row per target row.
-        if existing is None or _newer(self.spec, row, existing):
-            # A replaced row's bytes stay counted: an overestimate keeps the batch within bounds.
-            self.size_bytes += row_bytes
-            self.rows[key] = row
-        return flushed
-
-    def flush(self) -> _Batch | None:
-        """The rows held as a batch (``None`` if empty), and start over."""
-        if not self.rows:
-            return None
-        version = self.spec.version_column
-        by_key = sorted(("|".join(str(part) for part in key), row) for key, row in self.rows.items())
-        digest = hashlib.sha256()
-        for key_text, row in by_key:
-            marker = row.get(version) if version else json.dumps(row, sort_keys=True, default=str)
-            digest.update(f"{key_text}\x1f{marker}\x1e".encode())
-        # Derived from what the batch covers, so a redelivered message re-attaches to the job it
-        # already ran; the digest of keys and versions tells apart two reads of the same key range
-        # in which a record changed (the job id must then differ, or the change would be skipped).
-        first, last = by_key[0][0], by_key[-1][0]
-        batch_id = f"{self.stream}:{self.scope}:{first}:{last}:{digest.hexdigest()[:16]}"
-        batch = _Batch(self.spec, list(self.rows.values()), batch_id)
-        self.rows = {}
-        self.size_bytes = 0
-        return batch
-
-
-def _newer(spec: TableSpec, row: Mapping[str, Any], existing: Mapping[str, Any]) -> bool:
-    if spec.version_column is None:
-        return False
-    new, old = row.get(spec.version_column), existing.get(spec.version_column)
-    if isinstance(new, str) and isinstance(old, str):
-        return datetime.fromisoformat(new) > datetime.fromisoformat(old)
-    return bool(new is not None and (old is None or new > old))
-
-
-class _Writer:
-    """One thread writing batches to the sink, fed through a queue of one batch."""
-
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._cancelled = threading.Event()
-        self.written: dict[str, int] = {}
-        self.batches = 0
-        # Run in a copy of the caller's context, so the sink's logs carry the message's bound fields.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._run,), name="possync-writer", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None or self._cancelled.is_set():
-                return
-            try:
-                self._sink.write(batch.spec, batch.rows, batch_id=batch.batch_id)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
-                self._error = exc
-                return
-            self.written[batch.spec.name] = self.written.get(batch.spec.name, 0) + len(batch.rows)
-            self.batches += 1
-
-    def submit(self, batch: _Batch | None) -> None:
-        """Queue a batch (waits while the writer is busy); raise the writer's error if it failed."""
-        if batch is None:
-            return
-        self._put(batch)
-
-    def _put(self, item: _Batch | None) -> None:
-        while True:
-            self._raise_if_failed()
-            if not self._thread.is_alive():
-                raise RuntimeError("the writer thread stopped")
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        """Wait until every queued batch is written; raise the writer's error if any."""
-        self._put(None)
-        self._thread.join()
-        self._raise_if_failed()
-
-    def abort(self) -> None:
-        """Stop without writing what is still queued, and wait for the thread."""
-        self._cancelled.set()
-        with contextlib.suppress(queue.Empty):
-            self._queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        self._thread.join()
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        # Field paths and messages only: the input values are in ``raw`` already.
-        text = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}" for err in exc.errors()
-        )
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return text[:_MAX_REASON]
-
-
-def _without_personal_data(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_personal_data(v) for k, v in value.items() if k not in _PERSONAL_KEYS}
-    if isinstance(value, list):
-        return [_without_personal_data(item) for item in value]
-    return value
+# Loading.
 
 
 def _load(
@@ -340,9 +163,9 @@ def _load(
     """Convert every page's records, write them in bounded batches, return the counts."""
     spec = table_for(SOURCE, stream)
     convert = _CONVERTERS[stream]
-    rows = _Batcher(spec, scope, stream, settings.batch_max_rows, settings.batch_max_bytes)
-    rejects = _Batcher(REJECTS, scope, f"{stream}-rejects", settings.batch_max_rows, settings.batch_max_bytes)
-    writer = _Writer(sink)
+    rows = Batcher(spec, scope, stream, settings.batch_max_rows, settings.batch_max_bytes)
+    rejects = Batcher(REJECTS, scope, f"{stream}-rejects", settings.batch_max_rows, settings.batch_max_bytes)
+    writer = Writer(sink)
     page_count = rows_read = rejected = 0
     try:
         for page in pages:
@@ -355,7 +178,7 @@ def _load(
                     converted = convert(raw, synced_at, message_id)
                 except (ValueError, TypeError, ArithmeticError) as exc:
                     rejected += 1
-                    writer.submit(rejects.add(_reject_row(stream, raw, exc, synced_at, message_id)))
+                    writer.submit(rejects.add(reject_row(SOURCE, stream, raw, exc, synced_at, message_id)))
                     continue
                 for row in converted:
                     writer.submit(rows.add(row.model_dump(mode="json", by_alias=True)))
@@ -373,25 +196,6 @@ def _load(
         rows_rejected=rejected,
         batches=writer.batches,
     )
-
-
-def _reject_row(
-    stream: str, raw: Any, exc: Exception, rejected_at: datetime, message_id: str | None
-) -> dict[str, Any]:
-    text = json.dumps(_without_personal_data(raw), sort_keys=True, default=str)
-    key = raw.get("id") if isinstance(raw, dict) else None
-    # The rejects table is keyed by record_key: a record without an id gets one from its content,
-    # so two such rejects of one run stay two rows.
-    record_key = str(key) if key is not None else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:24]
-    return {
-        "source": SOURCE,
-        "stream": stream,
-        "record_key": record_key,
-        "reason": _reason(exc),
-        "raw": text,
-        "message_id": message_id,
-        "rejected_at": rejected_at.astimezone(UTC).isoformat(),
-    }
 
 
 def _utcnow() -> datetime:
@@ -475,7 +279,7 @@ def run_incremental(
 
 def _record_error(state: StateStore, stream: str, exc: Exception, at: datetime) -> None:
     try:
-        state.record_error(SOURCE, stream, error=f"{type(exc).__name__}: {exc}"[:_MAX_REASON], at=at)
+        state.record_error(SOURCE, stream, error=f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS], at=at)
     except Exception as secondary:  # noqa: BLE001 - the original error is the one to raise
         log.warning("stream_error_not_recorded", stream=stream, error_type=type(secondary).__name__)
 
