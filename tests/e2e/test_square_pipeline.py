@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from sandbox.truth_check import check_warehouse, fetch_truth
 from tests.e2e.conftest import System
@@ -164,3 +165,31 @@ def test_a_401_is_dead_lettered_at_once_and_visible_in_status(make_system: Any) 
     stats = httpx.get(f"{system.sandbox.base_url}/_sandbox/stats", timeout=10).json()
     assert "401" in str(stats)
     assert "not-the-right-token" not in system.logs()
+
+
+def test_resume_re_enqueues_what_the_plan_shows_missing(make_system: Any) -> None:
+    # Given a backfill whose plan was recorded, then whose queued messages were all lost
+    system = make_system(payments=6_000, latency_ms=20)
+    pool = system.start_worker(processes=1, threads=2)
+    system.cli("backfill", "square", "--since", _since(system), "--window-days", "90", check=True)
+    wait_until(
+        lambda: any(plan["windows"] for plan in system.status()["backfills"].values()),
+        timeout_seconds=60,
+        message="the backfill was never planned",
+    )
+    pool.kill()
+    client = redis.Redis.from_url(system.settings.redis_url)
+    lost = [key for key in client.scan_iter(match="dramatiq:*")]
+    client.delete(*lost)
+    backfill_id, plan = next(iter(system.status()["backfills"].items()))
+    assert plan["missing"] > 0
+
+    # When a worker runs again and the backfill is resumed
+    system.start_worker(processes=1, threads=2)
+    resumed = system.cli("backfill", "square", "--resume", "--wait", timeout=600)
+
+    # Then the missing windows ran and the warehouse equals the ground truth
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert system.status()["backfills"][backfill_id]["missing"] == 0
+    report = _check(system)
+    assert report.ok, report.summary()
