@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 import structlog
 from pydantic import BaseModel
 
@@ -280,7 +281,7 @@ def run_incremental(
 def _record_error(state: StateStore, stream: str, exc: Exception, at: datetime) -> None:
     try:
         state.record_error(SOURCE, stream, error=f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS], at=at)
-    except Exception as secondary:  # noqa: BLE001 - the original error is the one to raise
+    except redis.RedisError as secondary:  # the original error is the one to raise
         log.warning("stream_error_not_recorded", stream=stream, error_type=type(secondary).__name__)
 
 
@@ -376,7 +377,7 @@ def run_window(
     except Exception as exc:
         try:
             state.mark_window(window.backfill_id, window.window_id, "failed")
-        except Exception as secondary:  # noqa: BLE001 - the original error is the one to raise
+        except redis.RedisError as secondary:  # the original error is the one to raise
             log.warning(
                 "window_status_not_recorded", window_id=window.window_id, error=type(secondary).__name__
             )
