@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+import redis
+
 __all__ = ["main"]
 
 _DESCRIPTION = """\
@@ -171,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CommandError) as exc:
         print(f"possync {args.command}: {exc}", file=sys.stderr)
         return 2
+    except redis.ConnectionError as exc:
+        print(f"possync {args.command}: cannot reach Redis (POSSYNC_REDIS_URL): {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
@@ -317,71 +322,11 @@ def _backfill(args: argparse.Namespace) -> int:
     return _wait_and_report(args, settings, request_id) if args.wait else 0
 
 
-def collect_status(settings: Any, *, now: datetime | None = None) -> dict[str, Any]:
-    """The state ``possync status --json`` prints."""
-    from schemas.messages import ROUTES
-    from workers.queues import dead_letters, queue_depth
-    from workers.state import StateStore
-
-    client = _redis(settings)
-    now = now or datetime.now(UTC)
-    queues = sorted({route.queue for route in ROUTES.values()})
-    state = StateStore(client)
-    streams = {}
-    for name, stream in sorted(state.list_streams().items()):
-        last_success = stream.last_success
-        streams[name] = {
-            "checkpoint": stream.checkpoint.isoformat() if stream.checkpoint else None,
-            "last_success": last_success.isoformat() if last_success else None,
-            "lag_seconds": round((now - last_success).total_seconds(), 1) if last_success else None,
-        }
-    backfills = {}
-    for plan in state.list_backfills():
-        backfills[plan.backfill_id] = plan.summary()
-    return {
-        "queues": {queue: queue_depth(client, queue).as_dict() for queue in queues},
-        "streams": streams,
-        "backfills": backfills,
-        "dead_letters": [
-            {
-                "message_id": letter.message_id,
-                "queue": letter.queue,
-                "actor": letter.actor,
-                "age_seconds": round(letter.age_seconds, 1),
-                "error_type": letter.error_type,
-                "error": letter.error,
-                "retries": letter.retries,
-            }
-            for letter in dead_letters(client, queues)
-        ],
-    }
-
-
 def _status(args: argparse.Namespace) -> int:
-    settings = _settings()
-    status = collect_status(settings)
-    if args.json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0
-    print("queues:")
-    for queue, depth in status["queues"].items():
-        print(
-            f"  {queue:<12} ready {depth['ready']:>6}  delayed {depth['delayed']:>6}  "
-            f"in flight {depth['in_flight']:>6}  dead {depth['dead']:>6}"
-        )
-    print("streams:")
-    for name, stream in status["streams"].items() or [("(none yet)", None)]:
-        if stream is None:
-            print(f"  {name}")
-            continue
-        print(f"  {name:<20} last success {stream['last_success']}  lag {stream['lag_seconds']} s")
-    print("backfills:")
-    for backfill_id, plan in status["backfills"].items():
-        print(f"  {backfill_id}: {plan}")
-    if status["dead_letters"]:
-        print("dead letters:")
-        for letter in status["dead_letters"]:
-            print(f"  {letter['message_id']} {letter['actor']} {letter['error_type']}: {letter['error']}")
+    from producers.status import collect_status, format_status
+
+    status = collect_status(_redis(_settings()))
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
     return 0
 
 

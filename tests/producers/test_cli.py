@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from sandbox.process import free_port
 from schemas.settings import ENV_PREFIX
 
 
@@ -84,3 +85,13 @@ def test_status_text_is_readable(redis_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "queues:" in result.stdout
     assert "square" in result.stdout
+
+
+def test_an_unreachable_redis_is_a_clear_error() -> None:
+    # Given a Redis URL where nothing listens
+    result = _possync("status", POSSYNC_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    # Then the command names what it could not reach, without a traceback
+    assert result.returncode == 2
+    assert "cannot reach Redis (POSSYNC_REDIS_URL)" in result.stderr
+    assert "Traceback" not in result.stderr
