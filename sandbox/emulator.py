@@ -10,17 +10,10 @@ file whose tail is quoted if start-up fails, and keeps its data in a directory t
 
 from __future__ import annotations
 
-import atexit
-import ctypes
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -33,8 +26,8 @@ from sandbox.emulator_install import (
     emulator_env,
     ensure_emulator_installed,
     find_python313,
-    log_tail,
 )
+from sandbox.local_service import LocalService, free_port, log_tail
 
 __all__ = [
     "DUCKDB_EXTENSIONS",
@@ -49,27 +42,9 @@ __all__ = [
 
 #: How long the emulator may take to answer its REST API after start, seconds (1-2 s is usual).
 STARTUP_TIMEOUT_SECONDS = 60.0
-#: How long a graceful stop may take before SIGKILL, seconds.
-STOP_TIMEOUT_SECONDS = 10.0
-#: ``prctl`` option asking for a signal when the parent dies (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a SIGKILLed test runner must not leave emulators behind.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class BigQueryEmulator:
+class BigQueryEmulator(LocalService):
     """A local-bigquery process on 127.0.0.1; use :meth:`start` (also a context manager).
 
     Attributes:
@@ -81,18 +56,22 @@ class BigQueryEmulator:
         log_path: the emulator's log file.
     """
 
+    error = EmulatorError
+    label = "the BigQuery emulator"
+
     def __init__(
         self, *, project: str, port: int, grpc_port: int, data_dir: Path, owns_data_dir: bool, cache_dir: Path
     ) -> None:
+        super().__init__(
+            log_path=data_dir.with_name(data_dir.name + ".log"),
+            # start() makes <tmp>/data for a temporary directory: remove the whole <tmp>.
+            scratch_dir=data_dir.parent if owns_data_dir else None,
+        )
         self.project = project
         self.port = port
         self.grpc_port = grpc_port
         self.data_dir = data_dir
-        self.log_path = data_dir.with_name(data_dir.name + ".log")
         self.cache_dir = cache_dir
-        self._owns_data_dir = owns_data_dir
-        self._process: subprocess.Popen[bytes] | None = None
-        atexit.register(self.stop)
 
     @classmethod
     def start(
@@ -124,8 +103,8 @@ class BigQueryEmulator:
         data_dir.mkdir(parents=True, exist_ok=True)
         emulator = cls(
             project=project,
-            port=port or _free_port(),
-            grpc_port=_free_port(),
+            port=port or free_port(),
+            grpc_port=free_port(),
             data_dir=data_dir,
             owns_data_dir=owns,
             cache_dir=cache,
@@ -138,19 +117,8 @@ class BigQueryEmulator:
         """The REST endpoint root."""
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        """The running emulator's process id.
-
-        Raises:
-            EmulatorError: if it is not running.
-        """
-        if self._process is None:
-            raise EmulatorError("the BigQuery emulator is not running")
-        return self._process.pid
-
-    def _launch(self) -> None:
-        command = [
+    def _command(self) -> Sequence[str]:
+        return [
             str(self.cache_dir / "venv" / "bin" / "local-bigquery"),
             "serve",
             "--host",
@@ -164,19 +132,9 @@ class BigQueryEmulator:
             "--data-dir",
             str(self.data_dir),
         ]
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=emulator_env(self.cache_dir / "home"),
-                # Own session: a Ctrl-C in the terminal reaches the parent, which stops us in order.
-                start_new_session=True,
-                # Only calls prctl: safe between fork and exec even with threads running.
-                preexec_fn=_die_with_parent,
-            )
-        self._wait_ready()
+
+    def _env(self) -> Mapping[str, str]:
+        return emulator_env(self.cache_dir / "home")
 
     def _wait_ready(self) -> None:
         url = f"{self.endpoint}/bigquery/v2/projects/{self.project}/datasets"
@@ -184,14 +142,7 @@ class BigQueryEmulator:
         last = "no answer yet"
         with httpx.Client(timeout=2.0) as http:
             while True:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = None if process is None else process.returncode
-                    self._process = None
-                    raise EmulatorError(
-                        f"the BigQuery emulator exited with status {code}; log {self.log_path}:\n"
-                        f"{log_tail(self.log_path)}"
-                    )
+                self._check_alive()
                 try:
                     response = http.get(url)
                     if response.status_code == 200:
@@ -207,47 +158,3 @@ class BigQueryEmulator:
                         f"{log_tail(self.log_path)}"
                     )
                 time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM), SIGKILL after a deadline. Data stays in ``data_dir``."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL the emulator (for fault tests)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.kill()
-        process.wait()
-
-    def restart(self) -> BigQueryEmulator:
-        """Stop if running, then start again on the same ports with the same data directory."""
-        self.stop()
-        self._launch()
-        return self
-
-    def close(self) -> None:
-        """Stop, and remove the data directory if it was a temporary one made by :meth:`start`."""
-        self.stop()
-        atexit.unregister(self.stop)
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir.parent, ignore_errors=True)
-
-    def __enter__(self) -> BigQueryEmulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -35,6 +35,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sandbox.local_service import log_tail
+
 __all__ = [
     "DUCKDB_EXTENSIONS",
     "DUCKDB_VERSION",
@@ -231,14 +233,6 @@ def _run_step(
             f"{description} failed (exit {result.returncode}); log {log_path}:\n{log_tail(log_path)}"
         )
     _say(f"  done in {time.monotonic() - started:.1f} s")
-
-
-def log_tail(path: Path, *, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file, for error messages (``(no log)`` if unreadable)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def ensure_emulator_installed(python: str | None = None, *, cache_dir: Path | None = None) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from sandbox.local_service import free_port
 
 __all__ = [
     "SandboxAdmin",
@@ -39,14 +40,6 @@ _PORT_ATTEMPTS = 3
 
 class SandboxStartError(RuntimeError):
     """The sandbox process exited or did not become ready before its deadline."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class SandboxAdmin:

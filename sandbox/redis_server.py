@@ -13,30 +13,22 @@ main thread in practice): the kernel signal fires when the *thread* that started
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import redis
+
+from sandbox.local_service import LocalService, free_port, log_tail
 
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
 
 #: How long a server may take to answer PING after start, seconds.
 STARTUP_TIMEOUT_SECONDS = 20.0
-#: How long a graceful stop may take before SIGKILL, seconds.
-STOP_TIMEOUT_SECONDS = 10.0
-#: ``prctl`` option asking for a signal when the parent dies (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
 
 
 class RedisServerError(RuntimeError):
@@ -66,28 +58,7 @@ def find_redis_server() -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a SIGKILLed test runner must not leave servers behind.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _tail(path: Path, *, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-class RedisServer:
+class RedisServer(LocalService):
     """A ``redis-server`` child process on 127.0.0.1; use :meth:`start` (also a context manager).
 
     Attributes:
@@ -97,14 +68,14 @@ class RedisServer:
         data_dir: where AOF files (if any) and the log live.
     """
 
+    error = RedisServerError
+    label = "redis-server"
+
     def __init__(self, *, port: int, appendonly: bool, data_dir: Path, owns_data_dir: bool) -> None:
+        super().__init__(log_path=data_dir / "redis.log", scratch_dir=data_dir if owns_data_dir else None)
         self.port = port
         self.appendonly = appendonly
         self.data_dir = data_dir
-        self.log_path = data_dir / "redis.log"
-        self._owns_data_dir = owns_data_dir
-        self._process: subprocess.Popen[bytes] | None = None
-        atexit.register(self.stop)
 
     @classmethod
     def start(
@@ -125,7 +96,7 @@ class RedisServer:
         owns = data_dir is None
         directory = Path(tempfile.mkdtemp(prefix="possync-redis-")) if data_dir is None else data_dir
         directory.mkdir(parents=True, exist_ok=True)
-        server = cls(port=port or _free_port(), appendonly=appendonly, data_dir=directory, owns_data_dir=owns)
+        server = cls(port=port or free_port(), appendonly=appendonly, data_dir=directory, owns_data_dir=owns)
         server._launch()
         return server
 
@@ -134,18 +105,7 @@ class RedisServer:
         """The server's URL, database 0."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def pid(self) -> int:
-        """The running server's process id.
-
-        Raises:
-            RedisServerError: if the server is not running.
-        """
-        if self._process is None:
-            raise RedisServerError("the Redis server is not running")
-        return self._process.pid
-
-    def _command(self) -> list[str]:
+    def _command(self) -> Sequence[str]:
         return [
             find_redis_server(),
             "--port",
@@ -168,33 +128,12 @@ class RedisServer:
             "",
         ]
 
-    def _launch(self) -> None:
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Own session: a Ctrl-C in the terminal reaches the parent, which stops us in order.
-                start_new_session=True,
-                # Only calls prctl: safe between fork and exec even with threads running.
-                preexec_fn=_die_with_parent,
-            )
-        self._wait_ready()
-
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
             while True:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = None if process is None else process.returncode
-                    self._process = None
-                    raise RedisServerError(
-                        f"redis-server exited with status {code} on port {self.port}; log:\n"
-                        f"{_tail(self.log_path)}"
-                    )
+                self._check_alive()
                 with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     if client.ping():
                         return
@@ -202,52 +141,8 @@ class RedisServer:
                     self.kill()
                     raise RedisServerError(
                         f"redis-server did not answer PING on port {self.port} within "
-                        f"{STARTUP_TIMEOUT_SECONDS:g} s; log:\n{_tail(self.log_path)}"
+                        f"{STARTUP_TIMEOUT_SECONDS:g} s; log:\n{log_tail(self.log_path)}"
                     )
                 time.sleep(0.02)
         finally:
             client.close()
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM; Redis flushes AOF on shutdown), SIGKILL after a deadline."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL the server: no shutdown, no final fsync (for fault tests)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.kill()
-        process.wait()
-
-    def restart(self) -> RedisServer:
-        """Stop if running, then start again on the same port with the same data directory."""
-        self.stop()
-        self._launch()
-        return self
-
-    def close(self) -> None:
-        """Stop, and remove the data directory if it was a temporary one made by :meth:`start`."""
-        self.stop()
-        atexit.unregister(self.stop)
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
