@@ -100,7 +100,9 @@ class _ItemVariationData(_Resource):
     price_money: SquareMoney | None = None
 
 
-class _VariationObject(_Resource):
+class _CatalogObjectBase(_Resource):
+    """Fields every ``CatalogObject`` carries, whatever its type."""
+
     type: str
     id: str
     updated_at: AwareDatetime
@@ -108,6 +110,9 @@ class _VariationObject(_Resource):
     is_deleted: bool = False
     present_at_all_locations: bool | None = None
     present_at_location_ids: list[str] | None = None
+
+
+class _VariationObject(_CatalogObjectBase):
     item_variation_data: _ItemVariationData | None = None
 
 
@@ -117,16 +122,9 @@ class _ItemData(_Resource):
     variations: list[_VariationObject] = Field(default_factory=list)
 
 
-class SquareCatalogObject(_Resource):
+class SquareCatalogObject(_CatalogObjectBase):
     """``CatalogObject`` of type ITEM (other types are read past)."""
 
-    type: str
-    id: str
-    updated_at: AwareDatetime
-    version: int
-    is_deleted: bool = False
-    present_at_all_locations: bool | None = None
-    present_at_location_ids: list[str] | None = None
     item_data: _ItemData | None = None
 
 
