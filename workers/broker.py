@@ -260,10 +260,19 @@ class DeadLetters(Middleware):
 
 
 class RequestTracking(Middleware):
-    """Tracks every message of a request: pending when enqueued, then done or dead."""
+    """Tracks every message of a request: pending when enqueued, then done or dead.
+
+    A message counts as finished only once the broker has settled it: ``done`` after the
+    acknowledgement of a successful run, ``dead`` after it was moved to the dead-letter queue. So
+    when ``--wait`` sees a request finished, no message of it is still in flight, and every dead one
+    is already listed among the dead letters. A failed run that will be retried stays ``pending``
+    (its retry was enqueued, ``pending`` again, before the failed copy was acknowledged).
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self._succeeded: set[str] = set()
+        self._lock = threading.Lock()
 
     def _set(self, message: dramatiq.Message[Any] | dramatiq.MessageProxy, state: str) -> None:
         request_id = message_request_id(message)
@@ -274,6 +283,10 @@ class RequestTracking(Middleware):
         pipe.hset(key, message.message_id, state)
         pipe.expire(key, REQUEST_TTL_SECONDS)
         pipe.execute()
+
+    def _remember_success(self, message: dramatiq.MessageProxy) -> None:
+        with self._lock:
+            self._succeeded.add(message.message_id)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         # Before, not after: a fast worker could finish the message before "pending" is written.
@@ -288,12 +301,22 @@ class RequestTracking(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         if exception is None:
-            self._set(message, "done")
-        elif message.failed:
-            self._set(message, "dead")
+            self._remember_success(message)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        self._set(message, "dead" if message.failed else "done")
+        if not message.failed:
+            self._remember_success(message)
+
+    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        with self._lock:
+            succeeded = message.message_id in self._succeeded
+            self._succeeded.discard(message.message_id)
+        # Also acknowledged: a failed run whose retry is queued, a delayed copy moved to its queue.
+        if succeeded:
+            self._set(message, "done")
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._set(message, "dead")
 
 
 class LogContext(Middleware):
