@@ -9,6 +9,8 @@
   production builds it (``make_bigquery_client``).
 - ``dataset`` (function): a fresh, unique dataset name (not created; the sink creates it), dropped
   after the test.
+- ``redis_client`` (function): a Redis client on ``redis_url``.
+- ``make_sink`` (function): factory of ``BigQuerySink`` on the test's dataset (keyword overrides).
 
 Every process dies with the session: stopped at teardown, and killed by the kernel if the runner dies.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -28,7 +31,8 @@ from google.cloud import bigquery
 from sandbox.emulator import BigQueryEmulator
 from sandbox.redis_server import RedisServer
 from schemas.settings import Settings
-from workers.sinks.bigquery import make_bigquery_client
+from workers.semaphore import TableSemaphore
+from workers.sinks.bigquery import BigQuerySink, make_bigquery_client
 
 #: The project id the emulator serves in tests.
 TEST_PROJECT = "possync-test"
@@ -78,3 +82,31 @@ def dataset(bq_client: bigquery.Client) -> Iterator[str]:
     yield name
     with contextlib.suppress(google_exceptions.GoogleAPIError):
         bq_client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_sink(
+    bq_client: bigquery.Client, dataset: str, redis_client: redis.Redis
+) -> Callable[..., BigQuerySink]:
+    """Factory: a sink on this test's dataset; keyword arguments override the defaults."""
+
+    def make(**overrides: Any) -> BigQuerySink:
+        options: dict[str, Any] = {
+            "project": TEST_PROJECT,
+            "dataset": dataset,
+            "location": "US",
+            "semaphore": TableSemaphore(redis_client, permits=2),
+            "staging_ttl_seconds": 3600,
+            "timeout_seconds": 60,
+        }
+        options.update(overrides)
+        return BigQuerySink(bq_client, **options)
+
+    return make

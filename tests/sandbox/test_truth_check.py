@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from google.cloud import bigquery
 
 from sandbox.emulator import BigQueryEmulator
@@ -31,7 +30,6 @@ from tests.sandbox.broken_clients import (
     StopsAtShortPage,
     truth_payment_rows,
 )
-from workers.semaphore import TableSemaphore
 from workers.sinks.bigquery import BigQuerySink
 
 PAYMENTS_ONLY = (SQUARE_PAYMENTS.name,)
@@ -40,19 +38,9 @@ OTHER_KINDS = ("missing", "duplicates", "unexpected", "mismatched")
 
 
 @pytest.fixture
-def sink(
-    bq_client: bigquery.Client, bigquery_emulator: BigQueryEmulator, dataset: str, redis_url: str
-) -> BigQuerySink:
+def sink(make_sink: Callable[..., BigQuerySink]) -> BigQuerySink:
     """A sink on a fresh dataset whose tables exist (empty)."""
-    semaphore = TableSemaphore(redis.Redis.from_url(redis_url), permits=2)
-    built = BigQuerySink(
-        bq_client,
-        project=bigquery_emulator.project,
-        dataset=dataset,
-        location="US",
-        semaphore=semaphore,
-        timeout_seconds=60,
-    )
+    built = make_sink()
     built.ensure_tables()
     return built
 

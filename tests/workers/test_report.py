@@ -9,24 +9,21 @@ payment was wrongly counted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import redis
 from google.cloud import bigquery
 
-from sandbox.emulator import BigQueryEmulator
 from sandbox.process import SandboxProcess, start_square_sandbox
 from sandbox.truth_check import expected_report, fetch_truth
 from schemas.report import Report
 from schemas.tables import SQUARE_PAYMENTS
 from tests.sandbox.broken_clients import truth_payment_rows
 from workers.report import build_report, report_periods
-from workers.semaphore import TableSemaphore
 from workers.sinks.bigquery import BigQuerySink
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -78,18 +75,8 @@ EDGE_PAYMENTS = [
 
 
 @pytest.fixture
-def sink(
-    bq_client: bigquery.Client, bigquery_emulator: BigQueryEmulator, dataset: str, redis_url: str
-) -> BigQuerySink:
-    semaphore = TableSemaphore(redis.Redis.from_url(redis_url), permits=2)
-    built = BigQuerySink(
-        bq_client,
-        project=bigquery_emulator.project,
-        dataset=dataset,
-        location="US",
-        semaphore=semaphore,
-        timeout_seconds=60,
-    )
+def sink(make_sink: Callable[..., BigQuerySink]) -> BigQuerySink:
+    built = make_sink()
     built.ensure_tables([SQUARE_PAYMENTS])
     return built
 

@@ -102,34 +102,6 @@ def unused_port() -> int:
     return port
 
 
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make_sink(
-    bq_client: bigquery.Client, dataset: str, redis_client: redis.Redis
-) -> Callable[..., BigQuerySink]:
-    """Factory: a sink on this test's dataset; keyword arguments override the defaults."""
-
-    def make(**overrides: Any) -> BigQuerySink:
-        options: dict[str, Any] = {
-            "project": TEST_PROJECT,
-            "dataset": dataset,
-            "location": "US",
-            "semaphore": TableSemaphore(redis_client, permits=2),
-            "staging_ttl_seconds": 3600,
-            "timeout_seconds": 60,
-        }
-        options.update(overrides)
-        return BigQuerySink(bq_client, **options)
-
-    return make
-
-
 def snapshot(client: bigquery.Client, dataset: str, table: str, key: str) -> list[dict[str, Any]]:
     """Every row of a table, ordered by key."""
     return query_rows(client, f"SELECT * FROM `{TEST_PROJECT}.{dataset}.{table}` ORDER BY {key}")
