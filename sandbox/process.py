@@ -28,6 +28,7 @@ __all__ = [
     "SandboxProcess",
     "SandboxStartError",
     "free_port",
+    "start_lightspeed_sandbox",
     "start_sandbox",
     "start_square_sandbox",
 ]
@@ -260,6 +261,57 @@ def start_square_sandbox(
         arguments,
         host=host,
         token=token,
+        startup_timeout_seconds=startup_timeout_seconds,
+        log_path=log_path,
+        env=env,
+    )
+
+
+def start_lightspeed_sandbox(
+    *,
+    host: str = "127.0.0.1",
+    startup_timeout_seconds: float = 60.0,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> SandboxProcess:
+    """Start the Lightspeed sandbox as a subprocess and wait until it is ready.
+
+    The result's ``token`` is the access token valid from start-up (``access_token``).
+
+    Args:
+        host: loopback interface to bind.
+        startup_timeout_seconds: deadline for readiness.
+        log_path: where the server's output goes (default: a temporary file).
+        env: the child's environment (default: this process's).
+        **options: ``python -m sandbox.lightspeed`` options by their Python names: ``sales``,
+            ``items``, ``seed``, ``anchor`` (datetime or ISO string), ``account_id``, ``client_id``,
+            ``client_secret``, ``refresh_token``, ``access_token``,
+            ``access_token_lifetime_seconds``, ``rotate_refresh_tokens``, ``bucket_size``,
+            ``drip_rate``, ``rate_500``, ``latency_ms``.
+
+    Raises:
+        TypeError: on an unknown option.
+        SandboxStartError: the process died or was not ready in time.
+    """
+    from sandbox.lightspeed_cli import build_parser
+
+    known = {action.dest for action in build_parser()._actions} - {"help", "host", "port"}
+    arguments: list[str] = []
+    for name, value in options.items():
+        if name not in known:
+            raise TypeError(f"unknown Lightspeed sandbox option {name!r}; known: {sorted(known)}")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                arguments.append(flag)
+        elif value is not None:
+            arguments += [flag, value.isoformat() if isinstance(value, datetime) else str(value)]
+    return start_sandbox(
+        "sandbox.lightspeed",
+        arguments,
+        host=host,
+        token=str(options.get("access_token", "sandbox-token")),
         startup_timeout_seconds=startup_timeout_seconds,
         log_path=log_path,
         env=env,
