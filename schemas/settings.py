@@ -8,6 +8,7 @@ down; nothing else reads ``os.environ``. Only what a command needs is required: 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -54,6 +55,17 @@ class Settings(BaseSettings):
     square_request_attempts: int = Field(default=5, ge=1)
     #: Longest pause between tries of one request; a longer Retry-After sends the message back instead.
     square_max_request_wait_seconds: float = Field(default=30.0, gt=0)
+
+    # Lightspeed Retail (R-Series).
+    lightspeed_account_id: str | None = None
+    lightspeed_base_url: str = "https://api.lightspeedapp.com"
+    lightspeed_token_url: str = "https://cloud.lightspeedapp.com/auth/oauth/token"  # noqa: S105 (a URL)
+    lightspeed_client_id: str | None = None
+    lightspeed_client_secret: SecretStr | None = None
+    #: The refresh token to start from; once Lightspeed rotates it, the stored one (Redis, file) wins.
+    lightspeed_refresh_token: SecretStr | None = None
+    #: Where the newest (rotated) refresh token is also kept, mode 0600; unset: Redis only.
+    lightspeed_token_file: Path | None = None
 
     # BigQuery.
     bigquery_project: str | None = None
@@ -121,6 +133,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("lightspeed_base_url", "lightspeed_token_url")
+    @classmethod
+    def _lightspeed_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
@@ -141,6 +160,28 @@ class Settings(BaseSettings):
         if token is None or not token.get_secret_value().strip():
             raise ConfigError(f"{_env('square_access_token')} is required for Square (an access token)")
         return token
+
+    def require_lightspeed(self) -> tuple[str, str, SecretStr, SecretStr]:
+        """Return the Lightspeed account id, client id, client secret and refresh token.
+
+        Raises:
+            ConfigError: naming the first missing ``POSSYNC_LIGHTSPEED_*`` variable.
+        """
+        account_id = (self.lightspeed_account_id or "").strip()
+        client_id = (self.lightspeed_client_id or "").strip()
+        if not account_id:
+            raise ConfigError(f"{_env('lightspeed_account_id')} is required for Lightspeed (the account ID)")
+        if not client_id:
+            raise ConfigError(f"{_env('lightspeed_client_id')} is required for Lightspeed (OAuth client id)")
+        secrets: list[SecretStr] = []
+        for name, value in (
+            ("lightspeed_client_secret", self.lightspeed_client_secret),
+            ("lightspeed_refresh_token", self.lightspeed_refresh_token),
+        ):
+            if value is None or not value.get_secret_value().strip():
+                raise ConfigError(f"{_env(name)} is required for Lightspeed")
+            secrets.append(value)
+        return account_id, client_id, secrets[0], secrets[1]
 
     def require_bigquery(self) -> str:
         """Return the BigQuery project id, or fail naming ``POSSYNC_BIGQUERY_PROJECT``."""
