@@ -17,17 +17,22 @@ from typing import Any
 
 import redis
 
+from schemas.messages import QUEUES, SOURCE_STREAMS
+
 __all__ = ["main"]
 
-_DESCRIPTION = """\
-possync keeps a BigQuery warehouse in step with Square.
+_STREAMS_HELP = "; ".join(f"{source}: {', '.join(streams)}" for source, streams in SOURCE_STREAMS.items())
 
-Producers (this command, the scheduler, the webhook receiver) put messages on Redis queues;
-worker pools (`possync worker`) consume them, page the Square API and merge rows into BigQuery.
+_DESCRIPTION = """\
+possync keeps a BigQuery warehouse in step with Square and Lightspeed Retail (R-Series).
+
+Producers (this command, the scheduler, the webhook receiver) put messages on Redis queues (one
+per source: square, lightspeed); worker pools (`possync worker`) consume them, page the source's
+API and merge rows into BigQuery.
 Everything is configured by POSSYNC_* environment variables (see README.md).
 
-Try `possync demo`: it runs the whole system locally against a Square sandbox and a BigQuery
-emulator, with no account anywhere, and checks the warehouse against the ground truth.
+Try `possync demo`: it runs the whole system locally against Square and Lightspeed sandboxes and
+a BigQuery emulator, with no account anywhere, and checks the warehouse against the ground truth.
 """
 
 
@@ -65,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker pool (Dramatiq processes and threads) on some queues",
         description="Run worker processes that consume the given queues until stopped (SIGTERM/Ctrl-C).",
     )
-    worker.add_argument("--queues", nargs="+", default=["square"], help="queues to consume (default: square)")
+    worker.add_argument(
+        "--queues",
+        nargs="+",
+        default=["square"],
+        choices=list(QUEUES),
+        help="queues to consume: square, lightspeed or both (default: square)",
+    )
     worker.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     worker.add_argument("--threads", type=_positive_int, default=4, help="threads per process (default: 4)")
 
@@ -74,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="enqueue an incremental sync of a source",
         description="Enqueue an incremental sync (changes since the checkpoint, with lookback).",
     )
-    sync.add_argument("source", choices=["square"])
+    sync.add_argument("source", choices=list(SOURCE_STREAMS))
     sync.add_argument(
         "--stream",
-        choices=["payments", "items", "customers"],
+        choices=sorted({stream for streams in SOURCE_STREAMS.values() for stream in streams}),
         action="append",
-        help="stream to sync; repeat for several (default: all)",
+        help=f"stream to sync; repeat for several (default: all). {_STREAMS_HELP}",
     )
     _add_wait(sync)
 
@@ -87,22 +98,37 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill",
         help="enqueue a backfill of a source's history, split into windows",
         description=(
-            "Plan a backfill: payments created in [--since, --until) are split into windows per location,\n"
-            "one message each, run in parallel by the workers; items and customers are read whole.\n"
-            "The plan is kept in Redis: `possync status` shows what is missing and --resume re-enqueues it."
+            "Plan a backfill: records created in [--since, --until) are split into windows (Square\n"
+            "payments: per location too), one message each, run in parallel by the workers; Square items\n"
+            "and customers and Lightspeed items are read whole. Lightspeed windows share the account's\n"
+            "rate-limit bucket, paced through Redis. The plan is kept in Redis: `possync status` shows\n"
+            "what is missing and --resume re-enqueues it."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    backfill.add_argument("source", choices=["square"])
+    backfill.add_argument("source", choices=list(SOURCE_STREAMS))
     backfill.add_argument("--since", type=_parse_when, help="start, YYYY-MM-DD or ISO date-time (UTC)")
     backfill.add_argument("--until", type=_parse_when, help="end, exclusive (default: now)")
-    backfill.add_argument("--window-days", type=_positive_int, help="days of payments per window")
+    backfill.add_argument(
+        "--window-days",
+        type=_positive_int,
+        help="days per window (default: POSSYNC_BACKFILL_WINDOW_DAYS for Square, "
+        "POSSYNC_LIGHTSPEED_BACKFILL_WINDOW_DAYS for Lightspeed)",
+    )
+    backfill.add_argument(
+        "--stream",
+        choices=sorted({stream for streams in SOURCE_STREAMS.values() for stream in streams}),
+        action="append",
+        help=f"stream to backfill; repeat for several (default: all). {_STREAMS_HELP}",
+    )
     backfill.add_argument(
         "--resume",
         action="store_true",
         help="re-enqueue the windows of the latest (or --backfill-id) backfill that are not done",
     )
-    backfill.add_argument("--backfill-id", help="with --resume: which backfill (default: the latest)")
+    backfill.add_argument(
+        "--backfill-id", help="with --resume: which backfill (default: the source's latest)"
+    )
     _add_wait(backfill)
 
     status = commands.add_parser(
@@ -113,24 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="print revenue figures from the warehouse",
-        description="Revenue today/this week/month/year (report time zone), transactions, customers, AOV.",
+        description=(
+            "Revenue today/this week/month/year (report time zone), transactions, customers and average\n"
+            "order value: Square's over COMPLETED payments at the top level, Lightspeed's over completed\n"
+            "sales under `lightspeed`, with the same keys."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("--json", action="store_true", help="print JSON")
 
     demo = commands.add_parser(
         "demo",
-        help="run the whole system locally (sandbox, Redis, BigQuery emulator) and check it",
+        help="run the whole system locally (sandboxes, Redis, BigQuery emulator) and check it",
         description=(
-            "Start a Redis server, the Square sandbox, the BigQuery emulator and worker processes on this\n"
-            "machine (ignoring every POSSYNC_ endpoint and credential in the environment: it never touches\n"
-            "a real service), backfill the full history with a progress display, print the report, then\n"
-            "compare the warehouse with the sandbox's ground truth row by row. Exits non-zero on any\n"
+            "Start a Redis server, the Square and Lightspeed sandboxes, the BigQuery emulator and worker\n"
+            "processes (both queues) on this machine, ignoring every POSSYNC_ endpoint and credential in\n"
+            "the environment (it never touches a real service); backfill both sources' full history with\n"
+            "a progress display, print the report, then compare the warehouse with each sandbox's ground\n"
+            "truth row by row, report included. Exits non-zero on any\n"
             "difference. The first run builds the emulator's environment (about a minute)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--payments", type=_positive_int, default=100_184, help="payments to generate")
     demo.add_argument("--customers", type=_positive_int, default=1_732, help="customers to generate")
+    demo.add_argument("--sales", type=_positive_int, default=10_000, help="Lightspeed sales to generate")
+    demo.add_argument("--items", type=_positive_int, default=1_000, help="Lightspeed items to generate")
     demo.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     demo.add_argument("--threads", type=_positive_int, default=4, help="threads per worker process")
     demo.add_argument("--seed", type=int, default=7, help="sandbox data seed")
@@ -194,8 +228,17 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     # Fail here, naming the variable, rather than in every forked process on its first message.
-    settings.require_square()
+    if "square" in args.queues:
+        settings.require_square()
+    if "lightspeed" in args.queues:
+        settings.require_lightspeed()
     settings.require_bigquery()
+    if settings.worker_metrics_port:
+        from workers.metrics_env import prepare_worker_metrics
+
+        prepare_worker_metrics(
+            settings.worker_metrics_dir, host=settings.worker_metrics_host, port=settings.worker_metrics_port
+        )
     dramatiq_args = dramatiq.cli.make_argument_parser().parse_args(
         [
             "workers.entry:setup",
@@ -254,7 +297,7 @@ def _wait_and_report(args: argparse.Namespace, settings: Any, request_id: str) -
         dead = set(progress.dead_message_ids)
         summary["dead_letters"] = [
             {"message_id": letter.message_id, "actor": letter.actor, "error": letter.error}
-            for letter in dead_letters(client, ["square"])
+            for letter in dead_letters(client, QUEUES)
             if letter.message_id in dead
         ]
     print(json.dumps(summary, indent=2))
@@ -267,37 +310,51 @@ def _broker(settings: Any) -> Any:
     return build_broker(settings)
 
 
+def _streams(source: str, chosen: list[str] | None) -> tuple[str, ...]:
+    """The chosen streams of ``source`` (all of them if none was chosen), checked."""
+    known = SOURCE_STREAMS[source]
+    for stream in chosen or ():
+        if stream not in known:
+            raise CommandError(f"{source} has no stream {stream!r}: choose from {', '.join(known)}")
+    return tuple(dict.fromkeys(chosen)) if chosen else known
+
+
 def _sync(args: argparse.Namespace) -> int:
     from producers.enqueue import enqueue, new_request_id
-    from schemas.messages import SYNC_SQUARE_STREAM, SyncRequest
+    from schemas.messages import SyncRequest, routes_for
 
+    streams = _streams(args.source, args.stream)
     settings = _settings()
     broker = _broker(settings)
     request_id = new_request_id("sync")
-    for stream in args.stream or ["payments", "items", "customers"]:
-        enqueue(broker, SYNC_SQUARE_STREAM, SyncRequest(request_id=request_id, stream=stream))
-    print(f"enqueued sync {request_id}", file=sys.stderr)
+    route = routes_for(args.source).sync
+    for stream in streams:
+        enqueue(broker, route, SyncRequest(request_id=request_id, source=args.source, stream=stream))
+    print(f"enqueued {args.source} sync {request_id}: {', '.join(streams)}", file=sys.stderr)
     return _wait_and_report(args, settings, request_id) if args.wait else 0
 
 
 def _backfill(args: argparse.Namespace) -> int:
     from producers.enqueue import enqueue, new_request_id
-    from schemas.messages import BACKFILL_SQUARE_WINDOW, PLAN_SQUARE_BACKFILL, BackfillRequest
+    from schemas.messages import BackfillRequest, routes_for
     from workers.state import StateStore
 
+    streams = _streams(args.source, args.stream)
     settings = _settings()
     broker = _broker(settings)
     request_id = new_request_id("backfill")
     if args.resume:
         state = StateStore(_redis(settings))
-        plan = state.get_plan(args.backfill_id) if args.backfill_id else state.latest_backfill()
-        if plan is None:
+        plan = state.get_plan(args.backfill_id) if args.backfill_id else state.latest_backfill(args.source)
+        if plan is None or plan.meta.get("source", "square") != args.source:
             raise CommandError(
-                "no backfill to resume" + (f" with id {args.backfill_id}" if args.backfill_id else "")
+                f"no {args.source} backfill to resume"
+                + (f" with id {args.backfill_id}" if args.backfill_id else "")
             )
         missing = state.missing_windows(plan.backfill_id)
         for window in missing:
-            enqueue(broker, BACKFILL_SQUARE_WINDOW, window.model_copy(update={"request_id": request_id}))
+            route = routes_for(window.source).window
+            enqueue(broker, route, window.model_copy(update={"request_id": request_id}))
         print(f"resumed backfill {plan.backfill_id}: {len(missing)} windows re-enqueued", file=sys.stderr)
         if not missing:
             return 0
@@ -307,16 +364,24 @@ def _backfill(args: argparse.Namespace) -> int:
         until = args.until or datetime.now(UTC)
         if until <= args.since:
             raise CommandError("--until must be after --since")
+        default_days = (
+            settings.lightspeed_backfill_window_days
+            if args.source == "lightspeed"
+            else settings.backfill_window_days
+        )
         request = BackfillRequest(
             request_id=request_id,
             backfill_id=request_id,
+            source=args.source,
             since=args.since,
             until=until,
-            window_days=args.window_days or settings.backfill_window_days,
+            streams=streams,
+            window_days=args.window_days or default_days,
         )
-        enqueue(broker, PLAN_SQUARE_BACKFILL, request)
+        enqueue(broker, routes_for(args.source).plan, request)
         print(
-            f"enqueued backfill {request_id} from {args.since.isoformat()} to {until.isoformat()}",
+            f"enqueued {args.source} backfill {request_id} from {args.since.isoformat()} "
+            f"to {until.isoformat()}: {', '.join(streams)}",
             file=sys.stderr,
         )
     return _wait_and_report(args, settings, request_id) if args.wait else 0
@@ -345,9 +410,13 @@ def _report(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(report.model_dump_json(by_alias=True, indent=2))
-    else:
-        for key, value in report.model_dump(by_alias=True, mode="json").items():
-            print(f"{key:>18}: {value}")
+        return 0
+    figures = report.model_dump(by_alias=True, mode="json")
+    lightspeed = figures.pop("lightspeed") or {}
+    for title, values in (("square", figures), ("lightspeed", lightspeed)):
+        print(f"{title}:")
+        for key, value in values.items():
+            print(f"  {key:>18}: {value}")
     return 0
 
 
@@ -361,6 +430,8 @@ def _demo(args: argparse.Namespace) -> int:
         DemoOptions(
             payments=args.payments,
             customers=args.customers,
+            sales=args.sales,
+            items=args.items,
             processes=args.processes,
             threads=args.threads,
             seed=args.seed,

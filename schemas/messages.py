@@ -11,25 +11,51 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "BACKFILL_LIGHTSPEED_WINDOW",
     "BACKFILL_SQUARE_WINDOW",
+    "LIGHTSPEED_QUEUE",
+    "PLAN_LIGHTSPEED_BACKFILL",
     "PLAN_SQUARE_BACKFILL",
+    "QUEUES",
     "ROUTES",
+    "SOURCE_QUEUES",
+    "SOURCE_STREAMS",
     "SQUARE_QUEUE",
+    "SYNC_LIGHTSPEED_STREAM",
     "SYNC_SQUARE_STREAM",
     "BackfillRequest",
     "BackfillWindow",
     "Payload",
     "Route",
-    "SquareStream",
+    "Source",
     "SyncRequest",
+    "routes_for",
 ]
 
 SQUARE_QUEUE = "square"
+LIGHTSPEED_QUEUE = "lightspeed"
 
-SquareStream = Literal["payments", "items", "customers"]
+Source = Literal["square", "lightspeed"]
+
+#: Every source's streams, in sync order.
+SOURCE_STREAMS: dict[str, tuple[str, ...]] = {
+    "square": ("payments", "items", "customers"),
+    "lightspeed": ("sales", "items"),
+}
+#: The queue each source's messages travel on (one worker pool per source).
+SOURCE_QUEUES: dict[str, str] = {"square": SQUARE_QUEUE, "lightspeed": LIGHTSPEED_QUEUE}
+#: Every queue possync uses.
+QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE)
+
+
+def _check_streams(source: str, streams: tuple[str, ...]) -> None:
+    known = SOURCE_STREAMS[source]
+    unknown = [stream for stream in streams if stream not in known]
+    if unknown:
+        raise ValueError(f"unknown {source} stream {unknown[0]!r}: expected one of {', '.join(known)}")
 
 
 class Payload(BaseModel):
@@ -46,31 +72,55 @@ class Payload(BaseModel):
 class SyncRequest(Payload):
     """Incremental sync of one stream: read what changed since the checkpoint, merge, checkpoint."""
 
-    source: Literal["square"] = "square"
-    stream: SquareStream
+    source: Source = "square"
+    stream: str
+
+    @model_validator(mode="after")
+    def _known_stream(self) -> SyncRequest:
+        _check_streams(self.source, (self.stream,))
+        return self
 
 
 class BackfillRequest(Payload):
-    """Plan a backfill: list locations, split [since, until) into windows, enqueue one per window."""
+    """Plan a backfill: split [since, until) into windows (per location for Square), one message each.
 
-    source: Literal["square"] = "square"
+    ``streams`` empty (the default) means every stream of the source.
+    """
+
+    source: Source = "square"
     backfill_id: str = Field(min_length=1, max_length=128)
     since: AwareDatetime
     until: AwareDatetime
-    streams: tuple[SquareStream, ...] = ("payments", "items", "customers")
+    streams: tuple[str, ...] = ()
     window_days: int = Field(default=365, ge=1)
+
+    @model_validator(mode="after")
+    def _known_streams(self) -> BackfillRequest:
+        _check_streams(self.source, self.streams)
+        return self
+
+    @property
+    def selected_streams(self) -> tuple[str, ...]:
+        """The streams to backfill: ``streams``, or every stream of the source."""
+        return self.streams or SOURCE_STREAMS[self.source]
 
 
 class BackfillWindow(Payload):
-    """One window of a backfill: payments of one location created in [start, end), or a whole stream."""
+    """One window of a backfill: records created in [start, end) (of one location, for Square
+    payments), or a whole stream when ``start`` and ``end`` are absent."""
 
-    source: Literal["square"] = "square"
+    source: Source = "square"
     backfill_id: str = Field(min_length=1, max_length=128)
     window_id: str = Field(min_length=1, max_length=256)
-    stream: SquareStream
+    stream: str
     location_id: str | None = None
     start: datetime | None = None
     end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _known_stream(self) -> BackfillWindow:
+        _check_streams(self.source, (self.stream,))
+        return self
 
 
 P = TypeVar("P", bound=Payload)
@@ -95,8 +145,47 @@ PLAN_SQUARE_BACKFILL: Route[BackfillRequest] = Route(
 BACKFILL_SQUARE_WINDOW: Route[BackfillWindow] = Route(
     queue=SQUARE_QUEUE, actor="backfill_square_window", payload=BackfillWindow
 )
+SYNC_LIGHTSPEED_STREAM: Route[SyncRequest] = Route(
+    queue=LIGHTSPEED_QUEUE, actor="sync_lightspeed_stream", payload=SyncRequest
+)
+PLAN_LIGHTSPEED_BACKFILL: Route[BackfillRequest] = Route(
+    queue=LIGHTSPEED_QUEUE, actor="plan_lightspeed_backfill", payload=BackfillRequest
+)
+BACKFILL_LIGHTSPEED_WINDOW: Route[BackfillWindow] = Route(
+    queue=LIGHTSPEED_QUEUE, actor="backfill_lightspeed_window", payload=BackfillWindow
+)
+
+
+class SourceRoutes(BaseModel):
+    """The three routes of one source."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sync: Route[SyncRequest]
+    plan: Route[BackfillRequest]
+    window: Route[BackfillWindow]
+
+
+_SOURCE_ROUTES = {
+    "square": SourceRoutes(sync=SYNC_SQUARE_STREAM, plan=PLAN_SQUARE_BACKFILL, window=BACKFILL_SQUARE_WINDOW),
+    "lightspeed": SourceRoutes(
+        sync=SYNC_LIGHTSPEED_STREAM, plan=PLAN_LIGHTSPEED_BACKFILL, window=BACKFILL_LIGHTSPEED_WINDOW
+    ),
+}
+
+
+def routes_for(source: str) -> SourceRoutes:
+    """The sync, plan and window routes of ``source``.
+
+    Raises:
+        KeyError: for an unknown source.
+    """
+    return _SOURCE_ROUTES[source]
+
 
 #: Every route by actor name.
 ROUTES: dict[str, Route[SyncRequest] | Route[BackfillRequest] | Route[BackfillWindow]] = {
-    route.actor: route for route in (SYNC_SQUARE_STREAM, PLAN_SQUARE_BACKFILL, BACKFILL_SQUARE_WINDOW)
+    route.actor: route
+    for routes in _SOURCE_ROUTES.values()
+    for route in (routes.sync, routes.plan, routes.window)
 }

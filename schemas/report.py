@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = ["CENT", "Report", "to_cents"]
+__all__ = ["CENT", "Figures", "Report", "to_cents"]
 
 #: One cent: every money field of the report is quantized to it.
 CENT = Decimal("0.01")
@@ -38,16 +38,17 @@ def to_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-class Report(BaseModel):
-    """Revenue and counts over COMPLETED payments.
+class Figures(BaseModel):
+    """Revenue and counts over one source's completed transactions.
 
     Attributes:
-        today_revenue: sum of ``amount`` (tips excluded) of payments created today, report time zone.
+        today_revenue: revenue of transactions created today, report time zone (Square: ``amount``
+            of COMPLETED payments, tips excluded; Lightspeed: ``calcTotal`` of completed sales).
         week_revenue: the same for the current ISO week (Monday to Sunday).
         month_revenue: the same for the current calendar month.
         year_revenue: the same for the current calendar year.
-        total_transactions: number of COMPLETED payments, all time.
-        total_customers: distinct non-null ``customer_id`` among them.
+        total_transactions: number of completed transactions, all time.
+        total_customers: distinct non-null customer ids among them.
         avg_order_value: all-time revenue / ``total_transactions``, to the cent; 0 when there are none.
         generated_at: the ``now`` the periods were computed from.
         timezone: IANA name of the report time zone.
@@ -76,3 +77,15 @@ class Report(BaseModel):
         if info.mode_is_json():
             return float(value)
         return value
+
+
+class Report(Figures):
+    """What ``possync report`` prints: Square's figures at the top level, as the replaced dashboard
+    read them (over COMPLETED payments, revenue excluding tips), and Lightspeed's in ``lightspeed``
+    with the same keys (over completed sales, revenue = ``calcTotal``).
+
+    Attributes:
+        lightspeed: Lightspeed's figures; ``None`` only where a caller did not compute them.
+    """
+
+    lightspeed: Figures | None = None

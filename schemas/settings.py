@@ -66,6 +66,23 @@ class Settings(BaseSettings):
     lightspeed_refresh_token: SecretStr | None = None
     #: Where the newest (rotated) refresh token is also kept, mode 0600; unset: Redis only.
     lightspeed_token_file: Path | None = None
+    #: Deadline for one Lightspeed request, seconds.
+    lightspeed_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Tries per Lightspeed request for timeouts, 5xx and 429, before the message is retried instead.
+    lightspeed_request_attempts: int = Field(default=5, ge=1)
+    #: Longest a request waits for room in the shared bucket (or a Retry-After) before the message
+    #: goes back to the queue instead, seconds.
+    lightspeed_max_request_wait_seconds: float = Field(default=60.0, gt=0)
+    #: Days of sales (by creation time) per backfill window; windows run in parallel, paced together.
+    lightspeed_backfill_window_days: int = Field(default=30, ge=1)
+
+    # Worker pool metrics (``possync worker``): every process's metrics from one endpoint.
+    #: Port of the pool's ``/metrics`` endpoint; 0 turns it off.
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
+    #: Interface it listens on; set 0.0.0.0 in a container so Prometheus can reach it.
+    worker_metrics_host: str = "127.0.0.1"
+    #: Directory shared by the pool's processes for their metrics (default: a new temporary one).
+    worker_metrics_dir: Path | None = None
 
     # BigQuery.
     bigquery_project: str | None = None

@@ -13,6 +13,14 @@ layout is decided here and nowhere else. Layout choices, table by table:
   row and insert a duplicate. The table is far below the size where partitions pay off, so it is not
   partitioned; clustering by ``item_id`` keeps variations of one item together.
 - ``square_customers`` (a few thousand rows) is likewise small: not partitioned, clustered by ``id``.
+- ``lightspeed_transactions`` is Lightspeed's big table (one row per sale, growing daily), read like
+  ``square_payments``: partitioned by ``DATE(createTime)``, which never changes (``updatetime`` does,
+  so partitioning by it would move rows between partitions and break MERGE pruning), and clustered
+  by ``shopID, customerID``, the filters store and customer dashboards use. Column names are
+  Lightspeed's own (``saleID``, ``calcTotal``, ...), so queries read like the API documentation.
+- ``lightspeed_products`` (one row per item, thousands of rows) is not partitioned for the same
+  reason as ``square_items``: ``timeStamp`` is mutable and the table is far below the size where
+  partitions pay off. Clustered by ``categoryID, itemID`` for category reports.
 - ``_possync_rejects`` keeps every record that failed validation with its reason; partitioned by
   ``DATE(rejected_at)`` so old rejects are cheap to scan or expire.
 """
@@ -24,6 +32,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "LIGHTSPEED_PRODUCTS",
+    "LIGHTSPEED_TRANSACTIONS",
     "METADATA_COLUMNS",
     "REJECTS",
     "SQUARE_CUSTOMERS",
@@ -169,6 +179,56 @@ SQUARE_CUSTOMERS = TableSpec(
     clustering=("id",),
 )
 
+LIGHTSPEED_TRANSACTIONS = TableSpec(
+    name="lightspeed_transactions",
+    description="Lightspeed R-Series sales, one row per saleID, latest version; names as in the API.",
+    columns=(
+        Column(name="saleID", type="INT64", mode="REQUIRED"),
+        Column(name="completed", type="BOOL", mode="REQUIRED"),
+        Column(name="calcSubtotal", type="NUMERIC", description="before discounts and taxes"),
+        Column(name="calcDiscount", type="NUMERIC"),
+        Column(name="calcTax1", type="NUMERIC"),
+        Column(name="calcTax2", type="NUMERIC"),
+        Column(name="calcTotal", type="NUMERIC", description="subtotal - discount + taxes"),
+        Column(name="customerID", type="INT64", description="NULL when the sale has no customer (0)"),
+        Column(name="employeeID", type="INT64"),
+        Column(name="shopID", type="INT64"),
+        Column(name="registerID", type="INT64"),
+        Column(name="archived", type="BOOL"),
+        Column(name="voided", type="BOOL"),
+        Column(name="createTime", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="updatetime", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="completeTime", type="TIMESTAMP"),
+        *METADATA_COLUMNS,
+    ),
+    key=("saleID",),
+    version_column="updatetime",
+    partition_field="createTime",
+    clustering=("shopID", "customerID"),
+)
+
+LIGHTSPEED_PRODUCTS = TableSpec(
+    name="lightspeed_products",
+    description="Lightspeed R-Series items, one row per itemID, latest version; archived ones kept.",
+    columns=(
+        Column(name="itemID", type="INT64", mode="REQUIRED"),
+        Column(name="description", type="STRING"),
+        Column(name="defaultCost", type="NUMERIC"),
+        Column(name="avgCost", type="NUMERIC", description="deprecated by Lightspeed, kept as sent"),
+        Column(name="categoryID", type="INT64"),
+        Column(name="manufacturerSku", type="STRING"),
+        Column(name="systemSku", type="STRING"),
+        Column(name="price", type="NUMERIC", description="the Default ItemPrice, NULL if it has none"),
+        Column(name="archived", type="BOOL"),
+        Column(name="createTime", type="TIMESTAMP"),
+        Column(name="timeStamp", type="TIMESTAMP", mode="REQUIRED"),
+        *METADATA_COLUMNS,
+    ),
+    key=("itemID",),
+    version_column="timeStamp",
+    clustering=("categoryID", "itemID"),
+)
+
 REJECTS = TableSpec(
     name="_possync_rejects",
     description="Source records that failed validation, with the reason; nothing is dropped silently.",
@@ -189,13 +249,23 @@ REJECTS = TableSpec(
 
 #: Every table possync manages, by name.
 TABLES: dict[str, TableSpec] = {
-    spec.name: spec for spec in (SQUARE_PAYMENTS, SQUARE_ITEMS, SQUARE_CUSTOMERS, REJECTS)
+    spec.name: spec
+    for spec in (
+        SQUARE_PAYMENTS,
+        SQUARE_ITEMS,
+        SQUARE_CUSTOMERS,
+        LIGHTSPEED_TRANSACTIONS,
+        LIGHTSPEED_PRODUCTS,
+        REJECTS,
+    )
 }
 
 _STREAM_TABLES = {
     ("square", "payments"): SQUARE_PAYMENTS,
     ("square", "items"): SQUARE_ITEMS,
     ("square", "customers"): SQUARE_CUSTOMERS,
+    ("lightspeed", "sales"): LIGHTSPEED_TRANSACTIONS,
+    ("lightspeed", "items"): LIGHTSPEED_PRODUCTS,
 }
 
 

@@ -15,13 +15,11 @@ from dramatiq.middleware import CurrentMessage
 from pydantic import ValidationError
 
 from schemas.messages import (
-    BACKFILL_SQUARE_WINDOW,
-    PLAN_SQUARE_BACKFILL,
-    SYNC_SQUARE_STREAM,
     BackfillRequest,
     BackfillWindow,
     Payload,
     SyncRequest,
+    routes_for,
 )
 from schemas.settings import Settings
 from workers.broker import send
@@ -59,12 +57,29 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
     resources = Resources(settings)
     broker.add_middleware(resources)
 
+    actors: dict[str, dramatiq.Actor[Any, Any]] = {}
+    for source in ("square", "lightspeed"):
+        actors.update(_source_actors(broker, resources, source))
+    return actors
+
+
+def _source_actors(
+    broker: dramatiq.Broker, resources: Resources, source: str
+) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """The sync, plan and window actors of one source, on its queue."""
+    routes = routes_for(source)
+
+    def _check(payload_source: str) -> None:
+        if payload_source != source:
+            raise InvalidPayload(f"a {payload_source} payload on the {source} queue")
+
     # The engine logs one summary line per run; the actors add nothing but the plan's.
-    def sync_square_stream(payload: dict[str, Any]) -> None:
+    def sync_stream(payload: dict[str, Any]) -> None:
         request = _validate(SyncRequest, payload)
+        _check(request.source)
         context = resources.get()
         run_incremental(
-            client=context.square,
+            source=context.source(source),
             sink=context.sink,
             state=context.state,
             stream=request.stream,
@@ -72,21 +87,22 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
             message_id=_message_id(),
         )
 
-    def plan_square_backfill(payload: dict[str, Any]) -> None:
+    def plan_backfill_windows(payload: dict[str, Any]) -> None:
         request = _validate(BackfillRequest, payload)
+        _check(request.source)
         context = resources.get()
         windows = plan_backfill(
-            client=context.square, state=context.state, request=request, settings=settings
+            source=context.source(source), state=context.state, request=request, settings=context.settings
         )
         for window in windows:
-            send(broker, BACKFILL_SQUARE_WINDOW, window)
-        log.info("backfill_planned", backfill_id=request.backfill_id, windows=len(windows))
+            send(broker, routes.window, window)
 
-    def backfill_square_window(payload: dict[str, Any]) -> None:
+    def backfill_window(payload: dict[str, Any]) -> None:
         window = _validate(BackfillWindow, payload)
+        _check(window.source)
         context = resources.get()
         run_window(
-            client=context.square,
+            source=context.source(source),
             sink=context.sink,
             state=context.state,
             window=window,
@@ -96,9 +112,9 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
 
     actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     for route, fn in (
-        (SYNC_SQUARE_STREAM, sync_square_stream),
-        (PLAN_SQUARE_BACKFILL, plan_square_backfill),
-        (BACKFILL_SQUARE_WINDOW, backfill_square_window),
+        (routes.sync, sync_stream),
+        (routes.plan, plan_backfill_windows),
+        (routes.window, backfill_window),
     ):
         declare = dramatiq.actor(
             actor_name=route.actor, queue_name=route.queue, broker=broker, throws=(PermanentError,)

@@ -5,6 +5,8 @@ Settings are loaded from the environment here, once per process, and passed down
 
 from __future__ import annotations
 
+import os
+
 import dramatiq
 
 from schemas.settings import load_settings
@@ -20,5 +22,10 @@ def setup() -> None:
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     broker = build_broker(settings)
+    if os.environ.get("dramatiq_prom_db"):  # noqa: SIM112 (Dramatiq's spelling)
+        # Set up by ``possync worker`` (workers/metrics_env.py): serve every process's metrics.
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
     dramatiq.set_broker(broker)
     register_actors(broker, settings)

@@ -1,4 +1,8 @@
-"""The revenue report: one parameterised aggregation over COMPLETED payments in BigQuery.
+"""The revenue report: one parameterised aggregation per source over its completed transactions.
+
+Square: COMPLETED ``square_payments`` by ``created_at``, revenue ``amount``. Lightspeed: completed
+``lightspeed_transactions`` by ``createTime``, revenue ``calcTotal``. A source whose table does not
+exist yet (never synced) reports zeros.
 
 Calendar periods (today, this ISO week, this month, this year) are taken in the report time zone
 and turned into UTC instants in Python, then passed to the query as parameters: the query stays a
@@ -21,12 +25,21 @@ import requests
 from google.api_core import exceptions as google_exceptions
 from google.cloud import bigquery
 
-from schemas.report import Report, to_cents
-from schemas.tables import SQUARE_PAYMENTS
+from schemas.report import Figures, Report, to_cents
+from schemas.tables import LIGHTSPEED_TRANSACTIONS, SQUARE_PAYMENTS, TableSpec
 from workers.sinks.bigquery import translate_error
 from workers.sinks.bigquery_sql import check_identifier
 
-__all__ = ["COMPLETED", "Period", "build_report", "report_periods", "report_query"]
+__all__ = [
+    "COMPLETED",
+    "LIGHTSPEED_FIGURES",
+    "SQUARE_FIGURES",
+    "FiguresSource",
+    "Period",
+    "build_report",
+    "report_periods",
+    "report_query",
+]
 
 #: The payment status the report counts; every other status is neither revenue nor a transaction.
 COMPLETED = "COMPLETED"
@@ -38,6 +51,37 @@ _BIGQUERY_ERRORS = (
     requests.RequestException,
     concurrent.futures.TimeoutError,
     TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class FiguresSource:
+    """Where one source's figures come from: table, time, revenue and customer columns, and which
+    rows are completed transactions (a condition over trusted literals and ``@completed``)."""
+
+    table: TableSpec
+    time_column: str
+    revenue_column: str
+    customer_column: str
+    completed_condition: str
+    completed_parameter: bigquery.ScalarQueryParameter | None
+
+
+SQUARE_FIGURES = FiguresSource(
+    table=SQUARE_PAYMENTS,
+    time_column="created_at",
+    revenue_column="amount",
+    customer_column="customer_id",
+    completed_condition="status = @completed",
+    completed_parameter=bigquery.ScalarQueryParameter("completed", "STRING", COMPLETED),
+)
+LIGHTSPEED_FIGURES = FiguresSource(
+    table=LIGHTSPEED_TRANSACTIONS,
+    time_column="createTime",
+    revenue_column="calcTotal",
+    customer_column="customerID",
+    completed_condition="completed = @completed",
+    completed_parameter=bigquery.ScalarQueryParameter("completed", "BOOL", True),
 )
 
 #: Names of the periods, in the order they appear in the query and the report.
@@ -93,23 +137,30 @@ def report_periods(now: datetime, zone: ZoneInfo) -> tuple[Period, Period, Perio
     return today_p, week_p, month_p, year_p
 
 
-def _table_ref(project: str, dataset: str) -> str:
+def _table_ref(project: str, dataset: str, table: str) -> str:
     # Identifiers cannot be query parameters: validate them so nothing else reaches the SQL text.
     check_identifier("project", project)
     check_identifier("dataset", dataset)
-    return f"`{project}.{dataset}.{SQUARE_PAYMENTS.name}`"
+    check_identifier("table", table)
+    return f"`{project}.{dataset}.{table}`"
 
 
 def report_query(
-    *, project: str, dataset: str, now: datetime, zone: ZoneInfo
+    *,
+    project: str,
+    dataset: str,
+    now: datetime,
+    zone: ZoneInfo,
+    source: FiguresSource = SQUARE_FIGURES,
 ) -> tuple[str, list[bigquery.ScalarQueryParameter]]:
-    """The report's SQL and its parameters.
+    """One source's figures as SQL and its parameters.
 
     Args:
         project: BigQuery project id.
-        dataset: dataset holding ``square_payments``.
+        dataset: dataset holding the source's table.
         now: the moment the report is for (aware).
         zone: the report time zone.
+        source: which source's figures.
 
     Returns:
         The query text and its named parameters.
@@ -118,20 +169,24 @@ def report_query(
         ValueError: for an invalid project or dataset id, or a naive ``now``.
     """
     periods = report_periods(now, zone)
+    at, revenue, customer = (
+        f"`{source.table.column(name).name}`"
+        for name in (source.time_column, source.revenue_column, source.customer_column)
+    )
     sums = ",\n  ".join(
-        f"SUM(CASE WHEN created_at >= @{p.name}_start AND created_at < @{p.name}_end THEN amount END)"
+        f"SUM(CASE WHEN {at} >= @{p.name}_start AND {at} < @{p.name}_end THEN {revenue} END)"
         f" AS {p.name}_revenue"
         for p in periods
     )
     sql = (
         f"SELECT\n  {sums},\n"
-        "  SUM(amount) AS total_revenue,\n"
+        f"  SUM({revenue}) AS total_revenue,\n"
         "  COUNT(*) AS total_transactions,\n"
-        "  COUNT(DISTINCT customer_id) AS total_customers\n"
-        f"FROM {_table_ref(project, dataset)}\n"
-        "WHERE status = @status"
+        f"  COUNT(DISTINCT {customer}) AS total_customers\n"
+        f"FROM {_table_ref(project, dataset, source.table.name)}\n"
+        f"WHERE {source.completed_condition}"
     )
-    parameters = [bigquery.ScalarQueryParameter("status", "STRING", COMPLETED)]
+    parameters = [source.completed_parameter] if source.completed_parameter is not None else []
     for period in periods:
         parameters.append(bigquery.ScalarQueryParameter(f"{period.name}_start", "TIMESTAMP", period.start))
         parameters.append(bigquery.ScalarQueryParameter(f"{period.name}_end", "TIMESTAMP", period.end))
@@ -152,15 +207,15 @@ def build_report(
     now: datetime,
     timeout_seconds: float = 120.0,
 ) -> Report:
-    """Compute the revenue report with one aggregation query over ``square_payments``.
+    """Compute the revenue report: Square's figures, and Lightspeed's under ``lightspeed``.
 
     Args:
         client: a BigQuery client (real BigQuery or the emulator).
         project: BigQuery project id.
-        dataset: dataset holding ``square_payments``.
+        dataset: dataset holding the sources' tables.
         zone: the report time zone.
         now: the moment the report is for (aware); also the report's ``generatedAt``.
-        timeout_seconds: deadline for the query job, seconds.
+        timeout_seconds: deadline for each query job, seconds.
 
     Returns:
         The report, money to the cent.
@@ -168,27 +223,71 @@ def build_report(
     Raises:
         ValueError: for an invalid project or dataset id, or a naive ``now``.
         WarehouseUnavailable: BigQuery failed in a way that may pass.
-        WarehouseRejected: BigQuery refused the query (missing table, bad SQL).
+        WarehouseRejected: BigQuery refused a query (bad SQL, no access).
     """
-    sql, parameters = report_query(project=project, dataset=dataset, now=now, zone=zone)
+    options: dict[str, Any] = {
+        "project": project,
+        "dataset": dataset,
+        "zone": zone,
+        "now": now,
+        "timeout_seconds": timeout_seconds,
+    }
+    square = build_figures(client, source=SQUARE_FIGURES, **options)
+    lightspeed = build_figures(client, source=LIGHTSPEED_FIGURES, **options)
+    return Report(**square.model_dump(), lightspeed=lightspeed)
+
+
+def build_figures(
+    client: bigquery.Client,
+    *,
+    source: FiguresSource,
+    project: str,
+    dataset: str,
+    zone: ZoneInfo,
+    now: datetime,
+    timeout_seconds: float = 120.0,
+) -> Figures:
+    """One source's figures, with one aggregation query; zeros if its table does not exist yet.
+
+    Raises:
+        As :func:`build_report`.
+    """
+    sql, parameters = report_query(project=project, dataset=dataset, now=now, zone=zone, source=source)
     config = bigquery.QueryJobConfig(query_parameters=parameters)
     try:
         rows = list(
             client.query(sql, job_config=config, timeout=timeout_seconds).result(timeout=timeout_seconds)
         )
+    except google_exceptions.NotFound as exc:
+        if not _table_missing(client, project, dataset, source.table.name):
+            raise translate_error(exc, action="report query") from exc
+        rows = []
     except _BIGQUERY_ERRORS as exc:
         raise translate_error(exc, action="report query") from exc
-    row = rows[0]
-    transactions = int(row["total_transactions"])
-    revenue = _money(row["total_revenue"])
-    return Report(
-        today_revenue=_money(row["today_revenue"]),
-        week_revenue=_money(row["week_revenue"]),
-        month_revenue=_money(row["month_revenue"]),
-        year_revenue=_money(row["year_revenue"]),
+    row: Any = rows[0] if rows else {}
+    transactions = int(row.get("total_transactions") or 0)
+    revenue = _money(row.get("total_revenue"))
+    return Figures(
+        today_revenue=_money(row.get("today_revenue")),
+        week_revenue=_money(row.get("week_revenue")),
+        month_revenue=_money(row.get("month_revenue")),
+        year_revenue=_money(row.get("year_revenue")),
         total_transactions=transactions,
-        total_customers=int(row["total_customers"]),
+        total_customers=int(row.get("total_customers") or 0),
         avg_order_value=to_cents(revenue / transactions) if transactions else Decimal(0),
         generated_at=now,
         timezone=zone.key,
     )
+
+
+def _table_missing(client: bigquery.Client, project: str, dataset: str, table: str) -> bool:
+    """Whether ``table`` does not exist (as opposed to the dataset or the project)."""
+    try:
+        client.get_table(f"{project}.{dataset}.{table}")
+    except google_exceptions.NotFound:
+        try:
+            client.get_dataset(f"{project}.{dataset}")
+        except google_exceptions.NotFound:
+            return False
+        return True
+    return False

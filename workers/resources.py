@@ -8,7 +8,8 @@ one BigQuery client and the objects around them the first time an actor needs th
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
@@ -19,39 +20,40 @@ from dramatiq.middleware import Middleware
 from schemas.settings import Settings
 from workers.semaphore import TableSemaphore
 from workers.sinks.bigquery import BigQuerySink, make_bigquery_client
+from workers.sources.lightspeed import LightspeedClient
+from workers.sources.lightspeed_auth import TokenManager
+from workers.sources.lightspeed_pacing import Pacer
+from workers.sources.lightspeed_streams import LightspeedStreams
 from workers.sources.square import SquareClient
+from workers.sources.square_streams import SquareStreams
 from workers.state import StateStore
+from workers.sync import StreamSource
 
 __all__ = ["Resources", "WorkerResources"]
 
 
 @dataclass
 class WorkerResources:
-    """What the actors of one worker process share."""
+    """What the actors of one worker process share.
+
+    A source's client is built the first time a message of that source arrives, so a pool that
+    consumes only the ``lightspeed`` queue needs no Square credentials, and the other way round.
+    """
 
     settings: Settings
     redis: redis.Redis
     http: httpx.Client
-    square: SquareClient
     sink: BigQuerySink
     state: StateStore
+    _sources: dict[str, StreamSource] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerResources:
-        """Build every collaborator from settings (validating the credentials each needs)."""
-        token = settings.require_square()
+        """Build the shared collaborators from settings (validating BigQuery's)."""
         project = settings.require_bigquery()
         client = redis.Redis.from_url(settings.redis_url)
         http = httpx.Client(timeout=settings.square_timeout_seconds)
-        square = SquareClient(
-            http,
-            base_url=settings.square_base_url,
-            token=token,
-            square_version=settings.square_version,
-            timeout_seconds=settings.square_timeout_seconds,
-            request_attempts=settings.square_request_attempts,
-            max_request_wait_seconds=settings.square_max_request_wait_seconds,
-        )
         sink = BigQuerySink(
             make_bigquery_client(settings),
             project=project,
@@ -61,9 +63,66 @@ class WorkerResources:
             staging_ttl_seconds=settings.bigquery_staging_ttl_seconds,
             timeout_seconds=settings.bigquery_timeout_seconds,
         )
-        return cls(
-            settings=settings, redis=client, http=http, square=square, sink=sink, state=StateStore(client)
+        return cls(settings=settings, redis=client, http=http, sink=sink, state=StateStore(client))
+
+    def source(self, name: str) -> StreamSource:
+        """The named source's streams, its client built on first use.
+
+        Raises:
+            ConfigError: if the source's credentials are not configured.
+            KeyError: for an unknown source.
+        """
+        with self._lock:
+            if name not in self._sources:
+                builders: dict[str, Callable[[], StreamSource]] = {
+                    "square": self._square,
+                    "lightspeed": self._lightspeed,
+                }
+                self._sources[name] = builders[name]()
+            return self._sources[name]
+
+    def _square(self) -> SquareStreams:
+        settings = self.settings
+        client = SquareClient(
+            self.http,
+            base_url=settings.square_base_url,
+            token=settings.require_square(),
+            square_version=settings.square_version,
+            timeout_seconds=settings.square_timeout_seconds,
+            request_attempts=settings.square_request_attempts,
+            max_request_wait_seconds=settings.square_max_request_wait_seconds,
         )
+        return SquareStreams(client, settings)
+
+    def _lightspeed(self) -> LightspeedStreams:
+        settings = self.settings
+        account_id, client_id, client_secret, refresh_token = settings.require_lightspeed()
+        tokens = TokenManager(
+            self.redis,
+            self.http,
+            token_url=settings.lightspeed_token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            refresh_token=refresh_token,
+            token_file=settings.lightspeed_token_file,
+            timeout_seconds=settings.lightspeed_timeout_seconds,
+        )
+        pacer = Pacer(
+            self.redis,
+            scope=f"{account_id}:{client_id}",
+            max_wait_seconds=settings.lightspeed_max_request_wait_seconds,
+        )
+        client = LightspeedClient(
+            self.http,
+            base_url=settings.lightspeed_base_url,
+            account_id=account_id,
+            tokens=tokens,
+            pacer=pacer,
+            timeout_seconds=settings.lightspeed_timeout_seconds,
+            request_attempts=settings.lightspeed_request_attempts,
+            max_request_wait_seconds=settings.lightspeed_max_request_wait_seconds,
+        )
+        return LightspeedStreams(client)
 
     def close(self) -> None:
         """Release connections."""

@@ -294,10 +294,17 @@ class StateStore:
         plans = (self.get_plan(_text(backfill_id) or "") for backfill_id in ids)
         return [plan for plan in plans if plan is not None]
 
-    def latest_backfill(self) -> BackfillPlan | None:
-        """The most recently created backfill, or ``None``."""
-        ids = self._redis.zrange(NAMESPACE + "backfills", -1, -1)
-        return self.get_plan(_text(ids[0]) or "") if ids else None
+    def latest_backfill(self, source: str | None = None) -> BackfillPlan | None:
+        """The most recently created backfill (of ``source``, if given), or ``None``."""
+        if source is None:
+            ids = self._redis.zrange(NAMESPACE + "backfills", -1, -1)
+            return self.get_plan(_text(ids[0]) or "") if ids else None
+        for backfill_id in reversed(self._redis.zrange(NAMESPACE + "backfills", 0, -1)):
+            plan = self.get_plan(_text(backfill_id) or "")
+            # Plans recorded before sources were named in them are Square's.
+            if plan is not None and plan.meta.get("source", "square") == source:
+                return plan
+        return None
 
     def missing_windows(self, backfill_id: str) -> list[BackfillWindow]:
         """The windows of a backfill that are not done (for ``possync backfill --resume``).

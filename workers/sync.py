@@ -1,9 +1,10 @@
 """The sync engine: pages in, validated rows in bounded batches out to the sink, checkpoint after commit.
 
-Source-agnostic in its loop: per-stream readers and converters (``_CONVERTERS``) say how to read a stream
-from the Square client and how to turn one raw record into warehouse rows; everything else (rejects,
-overlapping fetching with loading, checkpoints, locks, backfill plans) is the same for every stream.
-A record that fails validation becomes a ``_possync_rejects`` row and the rest still load.
+Source-agnostic: a :class:`StreamSource` (``workers/sources/square_streams.py``,
+``workers/sources/lightspeed_streams.py``) says how to read each of its streams and how one raw
+record becomes warehouse rows; everything else (rejects, overlapping fetching with loading,
+checkpoints, locks, backfill plans) is the same for every source and stream. A record that fails
+validation becomes a ``_possync_rejects`` row and the rest still load.
 
 Fetching and loading overlap: the calling thread pages and converts while one writer thread loads
 the previous batch (a queue of one batch between them; batching and the writer are in
@@ -14,10 +15,10 @@ backfill window's ``done``) is written only after every batch was.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -25,24 +26,13 @@ from pydantic import BaseModel
 
 from schemas.messages import BackfillRequest, BackfillWindow
 from schemas.settings import Settings
-from schemas.square import (
-    SquareCatalogObject,
-    SquareCustomer,
-    SquarePayment,
-    customer_row,
-    item_rows,
-    payment_row,
-)
 from schemas.tables import REJECTS, table_for
 from workers.batching import MAX_REASON_CHARS, Batcher, Sink, Writer, reject_row
 from workers.errors import InvalidPayload
-from workers.sources.square import SquareClient, rfc3339
 from workers.state import StateStore
 
-__all__ = ["SOURCE", "Sink", "SyncResult", "plan_backfill", "run_incremental", "run_window"]
+__all__ = ["Sink", "StreamSource", "SyncResult", "plan_backfill", "run_incremental", "run_window"]
 
-#: The source this engine's adapters read.
-SOURCE = "square"
 #: Seconds a stream lock outlives a holder that stopped heartbeating.
 LOCK_TTL_SECONDS = 60
 
@@ -86,66 +76,35 @@ class SyncResult:
         }
 
 
-# Per-stream adapters: how to read a stream and how one raw record becomes rows.
+class StreamSource(Protocol):
+    """One source's streams, as the engine reads them."""
 
-Convert = Callable[[dict[str, Any], datetime, "str | None"], list[BaseModel]]
+    #: The source's name: ``square`` or ``lightspeed`` (checkpoints, locks, tables, rejects).
+    name: str
+    #: Its streams, in sync order.
+    streams: tuple[str, ...]
 
+    def convert(
+        self, stream: str, raw: dict[str, Any], synced_at: datetime, message_id: str | None
+    ) -> list[BaseModel]:
+        """One raw record as rows (possibly none).
 
-def _payment(raw: dict[str, Any], synced_at: datetime, message_id: str | None) -> list[BaseModel]:
-    return [payment_row(SquarePayment.model_validate(raw), synced_at=synced_at, message_id=message_id)]
+        Raises:
+            ValueError, TypeError, ArithmeticError: the record is invalid (it becomes a reject).
+        """
+        ...
 
+    def incremental_pages(self, stream: str, since: datetime | None) -> Iterable[list[dict[str, Any]]]:
+        """Pages of the stream's records changed at or after ``since`` (all of them when ``None``)."""
+        ...
 
-def _item(raw: dict[str, Any], synced_at: datetime, message_id: str | None) -> list[BaseModel]:
-    # Non-ITEM objects and items without variations yield no row; that is not a rejection.
-    return list(
-        item_rows(SquareCatalogObject.model_validate(raw), synced_at=synced_at, message_id=message_id)
-    )
+    def plan_windows(self, request: BackfillRequest) -> tuple[list[BackfillWindow], dict[str, Any]]:
+        """A backfill's windows, plus what the plan was made from (shown by ``possync status``)."""
+        ...
 
-
-def _customer(raw: dict[str, Any], synced_at: datetime, message_id: str | None) -> list[BaseModel]:
-    return [customer_row(SquareCustomer.model_validate(raw), synced_at=synced_at, message_id=message_id)]
-
-
-_CONVERTERS: dict[str, Convert] = {"payments": _payment, "items": _item, "customers": _customer}
-
-
-def _locations(client: SquareClient, settings: Settings) -> list[str]:
-    """Configured location ids, else every location the seller has (inactive ones keep history)."""
-    if settings.square_location_ids:
-        return list(settings.square_location_ids)
-    return [str(location["id"]) for location in client.list_locations() if location.get("id")]
-
-
-def _incremental_pages(
-    client: SquareClient, settings: Settings, stream: str, since: datetime | None
-) -> Iterator[list[dict[str, Any]]]:
-    if stream == "payments":
-        # begin_time (created_at) is explicit: changes to payments created over a year ago count too.
-        history_start = datetime.fromisoformat(settings.square_history_start)
-        for location_id in _locations(client, settings):
-            yield from client.iter_payments(
-                location_id=location_id,
-                begin_time=history_start,
-                updated_at_begin_time=since,
-                sort_field="UPDATED_AT",
-            )
-    elif stream == "items":
-        yield from client.iter_catalog(begin_time=since)
-    else:
-        yield from client.iter_customers(updated_since=since)
-
-
-def _window_pages(client: SquareClient, window: BackfillWindow) -> Iterator[list[dict[str, Any]]]:
-    if window.stream == "payments":
-        if not window.location_id or window.start is None or window.end is None:
-            raise InvalidPayload(f"payments window {window.window_id} needs location_id, start and end")
-        yield from client.iter_payments(
-            location_id=window.location_id, begin_time=window.start, end_time=window.end
-        )
-    elif window.stream == "items":
-        yield from client.iter_catalog()
-    else:
-        yield from client.iter_customers()
+    def window_pages(self, window: BackfillWindow) -> Iterable[list[dict[str, Any]]]:
+        """Pages of one backfill window's records."""
+        ...
 
 
 # Loading.
@@ -154,6 +113,7 @@ def _window_pages(client: SquareClient, window: BackfillWindow) -> Iterator[list
 def _load(
     pages: Iterable[list[dict[str, Any]]],
     *,
+    source: StreamSource,
     sink: Sink,
     stream: str,
     scope: str,
@@ -162,8 +122,7 @@ def _load(
     message_id: str | None,
 ) -> SyncResult:
     """Convert every page's records, write them in bounded batches, return the counts."""
-    spec = table_for(SOURCE, stream)
-    convert = _CONVERTERS[stream]
+    spec = table_for(source.name, stream)
     rows = Batcher(spec, scope, stream, settings.batch_max_rows, settings.batch_max_bytes)
     rejects = Batcher(REJECTS, scope, f"{stream}-rejects", settings.batch_max_rows, settings.batch_max_bytes)
     writer = Writer(sink)
@@ -176,10 +135,12 @@ def _load(
                 try:
                     if not isinstance(raw, dict):
                         raise TypeError(f"record is a {type(raw).__name__}, not an object")
-                    converted = convert(raw, synced_at, message_id)
+                    converted = source.convert(stream, raw, synced_at, message_id)
                 except (ValueError, TypeError, ArithmeticError) as exc:
                     rejected += 1
-                    writer.submit(rejects.add(reject_row(SOURCE, stream, raw, exc, synced_at, message_id)))
+                    writer.submit(
+                        rejects.add(reject_row(source.name, stream, raw, exc, synced_at, message_id))
+                    )
                     continue
                 for row in converted:
                     writer.submit(rows.add(row.model_dump(mode="json", by_alias=True)))
@@ -208,7 +169,7 @@ def _utcnow() -> datetime:
 
 def run_incremental(
     *,
-    client: SquareClient,
+    source: StreamSource,
     sink: Sink,
     state: StateStore,
     stream: str,
@@ -222,7 +183,8 @@ def run_incremental(
     checkpoint), writes them, then sets the checkpoint to this sync's start time.
 
     Args:
-        stream: ``payments``, ``items`` or ``customers``.
+        source: the source to read (its client inside).
+        stream: one of ``source.streams``.
         message_id: the Dramatiq message doing this, stored on each row (``_message_id``).
         now: the clock (UTC-aware datetimes).
 
@@ -232,22 +194,24 @@ def run_incremental(
     Raises:
         WorkerError: from the source or the sink; the checkpoint is then left where it was.
     """
-    if stream not in _CONVERTERS:
-        raise ValueError(f"unknown stream {stream!r}")
+    if stream not in source.streams:
+        raise ValueError(f"unknown {source.name} stream {stream!r}")
+    name = source.name
     clock = time.monotonic()
-    with state.stream_lock(SOURCE, stream, ttl_seconds=LOCK_TTL_SECONDS) as held:
+    with state.stream_lock(name, stream, ttl_seconds=LOCK_TTL_SECONDS) as held:
         if not held:
-            log.info("incremental_sync_coalesced", source=SOURCE, stream=stream)
+            log.info("incremental_sync_coalesced", source=name, stream=stream)
             return SyncResult(stream=stream, coalesced=True, seconds=time.monotonic() - clock)
         # Taken before the first read: anything changed after it is seen by the next sync.
         started = now()
-        previous = state.get_checkpoint(SOURCE, stream)
+        previous = state.get_checkpoint(name, stream)
         since = None
         if previous is not None and previous.checkpoint is not None:
             since = previous.checkpoint - timedelta(seconds=settings.incremental_lookback_seconds)
         try:
             result = _load(
-                _incremental_pages(client, settings, stream, since),
+                source.incremental_pages(stream, since),
+                source=source,
                 sink=sink,
                 stream=stream,
                 scope="incremental",
@@ -255,12 +219,12 @@ def run_incremental(
                 synced_at=started,
                 message_id=message_id,
             )
-            state.commit_checkpoint(SOURCE, stream, checkpoint=started, started_at=started)
+            state.commit_checkpoint(name, stream, checkpoint=started, started_at=started)
         except Exception as exc:
-            _record_error(state, stream, exc, now())
+            _record_error(state, name, stream, exc, now())
             log.warning(
                 "incremental_sync_failed",
-                source=SOURCE,
+                source=name,
                 stream=stream,
                 error_type=type(exc).__name__,
                 seconds=round(time.monotonic() - clock, 3),
@@ -269,7 +233,7 @@ def run_incremental(
     result = _with_seconds(result, time.monotonic() - clock)
     log.info(
         "incremental_sync_done",
-        source=SOURCE,
+        source=name,
         stream=stream,
         since=since.isoformat() if since else None,
         checkpoint=started.isoformat(),
@@ -278,9 +242,9 @@ def run_incremental(
     return result
 
 
-def _record_error(state: StateStore, stream: str, exc: Exception, at: datetime) -> None:
+def _record_error(state: StateStore, source: str, stream: str, exc: Exception, at: datetime) -> None:
     try:
-        state.record_error(SOURCE, stream, error=f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS], at=at)
+        state.record_error(source, stream, error=f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS], at=at)
     except redis.RedisError as secondary:  # the original error is the one to raise
         log.warning("stream_error_not_recorded", stream=stream, error_type=type(secondary).__name__)
 
@@ -289,63 +253,46 @@ def _with_seconds(result: SyncResult, seconds: float) -> SyncResult:
     return SyncResult(**{**result.__dict__, "seconds": seconds})
 
 
-def _spans(since: datetime, until: datetime, width: timedelta) -> Iterator[tuple[datetime, datetime]]:
-    start = since
-    while start < until:
-        end = min(start + width, until)
-        yield start, end
-        start = end
-
-
 def plan_backfill(
-    *, client: SquareClient, state: StateStore, request: BackfillRequest, settings: Settings
+    *, source: StreamSource, state: StateStore, request: BackfillRequest, settings: Settings
 ) -> list[BackfillWindow]:
     """Split a backfill into windows and record the plan (the caller enqueues the windows).
 
-    Payments get windows of ``request.window_days`` over [since, until) for every location (configured,
-    else ListLocations); items and customers get one whole-stream window each.
-
     Returns:
-        The windows, in plan order.
+        The windows, in plan order (see each source's ``plan_windows``).
 
     Raises:
-        InvalidPayload: if ``until`` is not after ``since``.
-        WorkerError: from ListLocations.
+        InvalidPayload: if ``until`` is not after ``since``, or the request is for another source.
+        WorkerError: from the source (Square's ListLocations).
     """
     if request.until <= request.since:
         raise InvalidPayload(f"backfill {request.backfill_id}: until must be after since")
-    width = timedelta(days=request.window_days)
-    locations = _locations(client, settings) if "payments" in request.streams else []
-    windows: list[BackfillWindow] = []
-    for stream in request.streams:
-        base = {"request_id": request.request_id, "backfill_id": request.backfill_id, "stream": stream}
-        if stream != "payments":
-            windows.append(BackfillWindow(**base, window_id=stream))
-            continue
-        for location_id in locations:
-            for start, end in _spans(request.since, request.until, width):
-                window_id = f"payments:{location_id}:{rfc3339(start)}:{rfc3339(end)}"
-                windows.append(
-                    BackfillWindow(**base, window_id=window_id, location_id=location_id, start=start, end=end)
-                )
+    if request.source != source.name:
+        raise InvalidPayload(f"backfill {request.backfill_id} is for {request.source}, not {source.name}")
+    windows, made_from = source.plan_windows(request)
     meta = {
         "request_id": request.request_id,
+        "source": source.name,
         "since": request.since.isoformat(),
         "until": request.until.isoformat(),
         "window_days": request.window_days,
-        "streams": list(request.streams),
-        "locations": locations,
+        "streams": list(request.selected_streams),
+        **made_from,
     }
     state.record_plan(request.backfill_id, windows, meta)
     log.info(
-        "backfill_planned", backfill_id=request.backfill_id, windows=len(windows), locations=len(locations)
+        "backfill_planned",
+        source=source.name,
+        backfill_id=request.backfill_id,
+        windows=len(windows),
+        **{key: len(value) for key, value in made_from.items() if isinstance(value, list)},
     )
     return windows
 
 
 def run_window(
     *,
-    client: SquareClient,
+    source: StreamSource,
     sink: Sink,
     state: StateStore,
     window: BackfillWindow,
@@ -355,8 +302,8 @@ def run_window(
 ) -> SyncResult:
     """Sync one backfill window, then mark it done in the plan (``failed`` if it raises).
 
-    Payments: one location's payments created in [start, end). Items and customers: a full read.
-    Windows run in parallel and take no stream lock: the MERGE's newer-version rule keeps them safe.
+    What a window covers is the source's business (``window_pages``). Windows run in parallel and
+    take no stream lock: the MERGE's newer-version rule keeps them safe.
 
     Raises:
         InvalidPayload: a payments window without location or bounds.
@@ -364,8 +311,11 @@ def run_window(
     """
     clock = time.monotonic()
     try:
+        if window.source != source.name:
+            raise InvalidPayload(f"window {window.window_id} is for {window.source}, not {source.name}")
         result = _load(
-            _window_pages(client, window),
+            source.window_pages(window),
+            source=source,
             sink=sink,
             stream=window.stream,
             scope=window.window_id,
@@ -393,6 +343,7 @@ def run_window(
     result = _with_seconds(result, time.monotonic() - clock)
     log.info(
         "backfill_window_done",
+        source=source.name,
         backfill_id=window.backfill_id,
         window_id=window.window_id,
         stream=window.stream,

@@ -31,6 +31,7 @@ def test_help_lists_every_command() -> None:
     for command in ("worker", "sync", "backfill", "status", "report", "demo"):
         assert command in result.stdout
     backfill = _possync("backfill", "--help")
+    assert "{square,lightspeed}" in backfill.stdout
     assert "--since" in backfill.stdout
     assert "--resume" in backfill.stdout
     assert "--wait" in backfill.stdout
@@ -43,6 +44,29 @@ def test_a_worker_without_credentials_fails_at_start_naming_the_variable() -> No
     # Then it exits 2 at once, naming the variable, before any worker process starts
     assert result.returncode == 2
     assert "POSSYNC_SQUARE_ACCESS_TOKEN" in result.stderr
+
+
+def test_a_lightspeed_worker_needs_lightspeed_credentials_and_not_square_ones() -> None:
+    # Given BigQuery and a Lightspeed account id, but no Lightspeed OAuth client and no Square token
+    result = _possync(
+        "worker",
+        "--queues",
+        "lightspeed",
+        POSSYNC_BIGQUERY_PROJECT="p-123456",
+        POSSYNC_LIGHTSPEED_ACCOUNT_ID="1",
+    )
+
+    # Then it exits 2 naming the first missing Lightspeed variable; Square's token is not asked for
+    assert result.returncode == 2
+    assert "POSSYNC_LIGHTSPEED_CLIENT_ID" in result.stderr
+    assert "SQUARE" not in result.stderr
+
+
+def test_a_stream_of_another_source_is_refused_naming_the_right_ones() -> None:
+    result = _possync("sync", "lightspeed", "--stream", "payments")
+    assert result.returncode == 2
+    assert "lightspeed has no stream 'payments'" in result.stderr
+    assert "sales, items" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -74,7 +98,8 @@ def test_status_json_has_the_promised_shape(redis_url: str) -> None:
     # Then the exact keys are there
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert status["queues"] == {"square": {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}}
+    empty = {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    assert status["queues"] == {"square": empty, "lightspeed": empty}
     assert status["streams"] == {}
     assert status["backfills"] == {}
     assert status["dead_letters"] == []

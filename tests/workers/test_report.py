@@ -101,7 +101,9 @@ def _job_count(client: bigquery.Client) -> int:
 
 
 def _report(sink: BigQuerySink, zone: ZoneInfo, now: datetime = NOW) -> Report:
-    return build_report(sink.client, project=sink.project, dataset=sink.dataset, zone=zone, now=now)
+    """The report's Square figures (its ``lightspeed`` part is checked where it matters)."""
+    report = build_report(sink.client, project=sink.project, dataset=sink.dataset, zone=zone, now=now)
+    return report.model_copy(update={"lightspeed": None})
 
 
 def test_new_york_report_counts_local_days_weeks_months_and_years(sink: BigQuerySink) -> None:
@@ -110,10 +112,16 @@ def test_new_york_report_counts_local_days_weeks_months_and_years(sink: BigQuery
     jobs_before = _job_count(sink.client)
 
     # When the report is built for Sunday 23:30 in New York
-    report = _report(sink, NEW_YORK)
+    full = build_report(sink.client, project=sink.project, dataset=sink.dataset, zone=NEW_YORK, now=NOW)
+    report = full.model_copy(update={"lightspeed": None})
 
-    # Then each period holds exactly the local-calendar payments (week from Monday), from one query
-    assert _job_count(sink.client) == jobs_before + 1
+    # Then each period holds exactly the local-calendar payments (week from Monday), from one query per
+    # source; Lightspeed, never synced here (no table), reports zeros with the same keys
+    assert _job_count(sink.client) == jobs_before + 2
+    assert full.lightspeed is not None
+    assert full.lightspeed.total_transactions == 0
+    assert full.lightspeed.year_revenue == Decimal(0)
+    assert full.lightspeed.timezone == "America/New_York"
     assert report == expected_report(EDGE_PAYMENTS, zone=NEW_YORK, now=NOW)
     assert report.today_revenue == Decimal("33.00")  # p1 + p6
     assert report.week_revenue == Decimal("47.00")  # p1 + p2 + p3 + p4 + p6, not p5 (Sunday before)
@@ -185,6 +193,7 @@ def test_report_serialises_with_the_dashboard_names_and_numbers() -> None:
         "avgOrderValue",
         "generatedAt",
         "timezone",
+        "lightspeed",
     ]
     assert data["avgOrderValue"] == 7.89
     assert data["weekRevenue"] == 47

@@ -29,6 +29,7 @@ from schemas.settings import Settings
 from schemas.tables import REJECTS, TableSpec
 from workers.errors import SourceUnavailable, WarehouseUnavailable
 from workers.sources.square import SquareClient
+from workers.sources.square_streams import SquareStreams
 from workers.state import StateStore
 from workers.sync import SyncResult, plan_backfill, run_incremental, run_window
 
@@ -144,7 +145,13 @@ def _sync(
     **extra: Any,
 ) -> SyncResult:
     return run_incremental(
-        client=client, sink=sink, state=state, stream=stream, settings=settings, message_id="msg-1", **extra
+        source=SquareStreams(client, settings),
+        sink=sink,
+        state=state,
+        stream=stream,
+        settings=settings,
+        message_id="msg-1",
+        **extra,
     )
 
 
@@ -443,7 +450,10 @@ def test_a_backfill_plan_covers_since_until_exactly_for_every_location(
 
     # When it is planned
     windows = plan_backfill(
-        client=_client(http, sandbox.base_url), state=state, request=request, settings=_settings()
+        source=SquareStreams(_client(http, sandbox.base_url), _settings()),
+        state=state,
+        request=request,
+        settings=_settings(),
     )
 
     # Then each location's payment windows tile [since, until) with no gap or overlap, 30 days at most each
@@ -481,11 +491,20 @@ def test_backfill_windows_together_equal_the_truth_and_are_marked_done(
         request_id="req-8", backfill_id="bf-8", since=now - timedelta(days=800), until=now, window_days=200
     )
     client, sink = _client(http, sandbox.base_url), MemorySink()
-    windows = plan_backfill(client=client, state=state, request=request, settings=_settings())
+    windows = plan_backfill(
+        source=SquareStreams(client, _settings()), state=state, request=request, settings=_settings()
+    )
 
     # When every window runs
     results = [
-        run_window(client=client, sink=sink, state=state, window=window, settings=_settings(), message_id="m")
+        run_window(
+            source=SquareStreams(client, _settings()),
+            sink=sink,
+            state=state,
+            window=window,
+            settings=_settings(),
+            message_id="m",
+        )
         for window in windows
     ]
 
@@ -509,13 +528,20 @@ def test_a_window_that_fails_is_marked_failed_and_shown_missing(
         request_id="r", backfill_id="bf-9", since=now - timedelta(days=30), until=now, streams=("customers",)
     )
     client = _client(http, sandbox.base_url)
-    [window] = plan_backfill(client=client, state=state, request=request, settings=_settings())
+    [window] = plan_backfill(
+        source=SquareStreams(client, _settings()), state=state, request=request, settings=_settings()
+    )
     sandbox.admin.set_faults(rate_500=1.0)
 
     # When the window runs
     with pytest.raises(SourceUnavailable):
         run_window(
-            client=client, sink=MemorySink(), state=state, window=window, settings=_settings(), message_id="m"
+            source=SquareStreams(client, _settings()),
+            sink=MemorySink(),
+            state=state,
+            window=window,
+            settings=_settings(),
+            message_id="m",
         )
 
     # Then it is failed and missing, and running it again once the source recovered completes it
@@ -524,7 +550,12 @@ def test_a_window_that_fails_is_marked_failed_and_shown_missing(
     assert [planned.status for planned in plan.windows] == ["failed"]
     sandbox.admin.clear_faults()
     run_window(
-        client=client, sink=MemorySink(), state=state, window=window, settings=_settings(), message_id="m"
+        source=SquareStreams(client, _settings()),
+        sink=MemorySink(),
+        state=state,
+        window=window,
+        settings=_settings(),
+        message_id="m",
     )
     assert state.missing_windows("bf-9") == []
 
@@ -667,7 +698,7 @@ def test_batch_ids_repeat_for_the_same_data_and_differ_when_a_version_changed(st
 
         # When a window over them runs
         run_window(
-            client=FakePayments(variant).client(),
+            source=SquareStreams(FakePayments(variant).client(), settings),
             sink=sink,
             state=state,
             window=window,

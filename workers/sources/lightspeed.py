@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -168,22 +168,40 @@ class LightspeedClient:
     def __repr__(self) -> str:
         return f"LightspeedClient(account_root={self._account_root!r})"
 
-    def iter_sales(self, *, updated_since: datetime | None) -> Iterator[list[dict[str, Any]]]:
-        """Page through ``Sale.json`` by ``updatetime`` (ascending), archived sales included.
+    def iter_sales(
+        self,
+        *,
+        updated_since: datetime | None = None,
+        created_in: tuple[datetime, datetime] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Page through ``Sale.json``, archived sales included.
 
         Args:
             updated_since: only sales whose ``updatetime`` is at or after this time (inclusive:
-                the engine's lookback overlap is deduplicated downstream); ``None`` reads all.
+                the engine's lookback overlap is deduplicated downstream), read by ``updatetime``.
+            created_in: only sales created in ``[start, end)``, read by ``saleID``; both bounds on
+                whole seconds (Lightspeed's resolution), as ``createTime=><,start,end-1s``.
+            Neither: every sale, by ``updatetime``.
 
         Yields:
             The sales of each non-empty page.
 
         Raises:
+            ValueError: if both filters are given, or ``created_in`` is empty.
             WorkerError: a subclass saying whether to retry (see :mod:`workers.errors`).
         """
         params: dict[str, str] = {"sort": "updatetime", "limit": str(PAGE_LIMIT), "archived": "true"}
+        if updated_since is not None and created_in is not None:
+            raise ValueError("pass updated_since or created_in, not both")
         if updated_since is not None:
             params["updatetime"] = ">=," + ls_timestamp(updated_since)
+        if created_in is not None:
+            start, end = created_in
+            last = end - timedelta(seconds=1)
+            if last < start:
+                raise ValueError("created_in must span at least one second")
+            params["sort"] = "saleID"
+            params["createTime"] = f"><,{ls_timestamp(start)},{ls_timestamp(last)}"
         return self._paginate("Sale", params, cost=SALE_COST)
 
     def iter_items(self, *, updated_since: datetime | None) -> Iterator[list[dict[str, Any]]]:
@@ -263,21 +281,30 @@ class LightspeedClient:
     def _call_once(
         self, url: str, *, params: Mapping[str, str] | None, cost: float, endpoint: str, refreshed: list[bool]
     ) -> dict[str, Any]:
-        token = self._tokens.access_token()
-        response = self._send(url, params=params, token=token, cost=cost, endpoint=endpoint)
+        token, response = self._send(url, params=params, token=None, cost=cost, endpoint=endpoint)
         if response.status_code == 401 and not refreshed[0]:
             refreshed[0] = True
             log.info("lightspeed_token_rejected", system=SYSTEM, endpoint=endpoint)
             token = self._tokens.refresh_after_rejection(token)
-            response = self._send(url, params=params, token=token, cost=cost, endpoint=endpoint)
+            _, response = self._send(url, params=params, token=token, cost=cost, endpoint=endpoint)
         if response.is_success:
             return _json_object(response, endpoint)
         raise _error_for(response, endpoint)
 
     def _send(
-        self, url: str, *, params: Mapping[str, str] | None, token: SecretStr, cost: float, endpoint: str
-    ) -> httpx.Response:
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        token: SecretStr | None,
+        cost: float,
+        endpoint: str,
+    ) -> tuple[SecretStr, httpx.Response]:
+        """Wait for room in the bucket, then send with ``token`` (else the current access token,
+        taken after the wait so that it cannot expire while the request waits for its turn)."""
         self._pacer.acquire(cost)
+        if token is None:
+            token = self._tokens.access_token()
         try:
             response = self._http.get(
                 url,
@@ -295,7 +322,7 @@ class LightspeedClient:
                 f"lightspeed GET {endpoint} failed: {type(exc).__name__}", system=SYSTEM
             ) from exc
         self._pacer.observe(response.headers)
-        return response
+        return token, response
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -8,7 +8,11 @@ the configured value) holding a dead refresh token. Everything therefore goes th
 - ``<prefix>refresh_token`` holds the newest refresh token, durably (no expiry), and wins over the
   configured one; with ``token_file`` it is also written atomically to that file (mode 0600);
 - ``<prefix>refresh_lock`` makes one process refresh while the others poll for the new access token
-  until a deadline.
+  until a deadline;
+- ``<prefix>refused_refresh_token`` holds a digest of a refresh token Lightspeed refused for good
+  (``invalid_grant``): every later attempt with that same token fails at once without calling the
+  token endpoint, so a revoked token costs one token request for the whole pool, not one per
+  message or retry. Configuring a new refresh token (a different digest) clears the way.
 
 Secrets are :class:`~pydantic.SecretStr` and never reach logs, exception messages or reprs.
 """
@@ -16,6 +20,7 @@ Secrets are :class:`~pydantic.SecretStr` and never reach logs, exception message
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -28,6 +33,7 @@ import redis
 import structlog
 from pydantic import SecretStr
 
+from workers import metrics
 from workers.errors import RateLimited, SourceAuthError, SourceUnavailable
 
 __all__ = ["DEFAULT_KEY_PREFIX", "REAUTHORISE_HINT", "SYSTEM", "TokenManager"]
@@ -39,8 +45,8 @@ DEFAULT_KEY_PREFIX = "possync:lightspeed:"
 #: What an operator must do when Lightspeed refuses the refresh token for good.
 REAUTHORISE_HINT = (
     "re-authorise possync with Lightspeed: obtain a new refresh token, set it in "
-    "POSSYNC_LIGHTSPEED_REFRESH_TOKEN, and clear the stored one (delete the Redis key {key} "
-    "and the token file, if one is configured)"
+    "POSSYNC_LIGHTSPEED_REFRESH_TOKEN and restart the workers (the refused stored one, Redis key "
+    "{key} or the token file, is then passed over), then enqueue the sync again (possync sync lightspeed)"
 )
 #: Seconds before ``expires_in`` runs out at which a cached access token stops being handed out,
 #: so a request never leaves with a token that expires in flight.
@@ -106,6 +112,7 @@ class TokenManager:
         self.access_key = base + "access_token"
         self.refresh_key = base + "refresh_token"
         self.lock_key = base + "refresh_lock"
+        self.refused_key = base + "refused_refresh_token"
         # The lock outlives one token request (its timeout plus slack), so a stuck holder frees it.
         self._lock_ms = int((timeout_seconds + 10.0) * 1000)
         self._delete_if_equal = self._redis.register_script(_DELETE_IF_EQUAL)
@@ -160,21 +167,46 @@ class TokenManager:
                 )
             time.sleep(_POLL_INTERVAL_SECONDS)
 
-    def _current_refresh_token(self) -> SecretStr:
-        """The newest refresh token: Redis, else the token file, else the configured value."""
+    def _current_refresh_token(self, refused: str | None) -> SecretStr | None:
+        """The newest refresh token not already refused: Redis, else the token file, else the
+        configured value (so setting a new one in the environment re-authorises after a refusal)."""
+        candidates: list[SecretStr] = []
         stored = self._redis.get(self.refresh_key)
         if stored is not None:
-            return SecretStr(_text(stored))
+            candidates.append(SecretStr(_text(stored)))
         if self._token_file is not None and self._token_file.exists():
             text = self._token_file.read_text(encoding="utf-8").strip()
             if text:
-                return SecretStr(text)
-        return self._configured_refresh
+                candidates.append(SecretStr(text))
+        candidates.append(self._configured_refresh)
+        for candidate in candidates:
+            if refused is None or _digest(candidate) != refused:
+                return candidate
+        return None
 
     def _grant(self) -> SecretStr:
         """Run the refresh_token grant (the caller holds the lock) and store what it returns."""
-        used = self._current_refresh_token()
-        body = self._post_grant(used)
+        refused = self._redis.get(self.refused_key)
+        used = self._current_refresh_token(_text(refused) if refused is not None else None)
+        if used is None:
+            raise SourceAuthError(
+                "lightspeed refused this refresh token earlier (invalid_grant); not asking again; "
+                + REAUTHORISE_HINT.format(key=self.refresh_key),
+                system=SYSTEM,
+                status_code=400,
+            )
+        try:
+            body = self._post_grant(used)
+        except SourceAuthError:
+            # Remember the refusal (a digest, never the token) so the pool stops asking.
+            self._redis.set(self.refused_key, _digest(used), ex=_REFUSAL_TTL_SECONDS)
+            metrics.LIGHTSPEED_REFRESH_REFUSED.inc()
+            log.error(
+                "lightspeed_refresh_token_refused",
+                system=SYSTEM,
+                action=REAUTHORISE_HINT.format(key=self.refresh_key),
+            )
+            raise
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
             raise SourceUnavailable(
@@ -188,7 +220,8 @@ class TokenManager:
             if self._token_file is not None:
                 _write_secret_file(self._token_file, rotated)
         expires_in = _expires_in_seconds(body.get("expires_in"))
-        ttl_ms = int(max(expires_in - self._margin_seconds, expires_in / 2) * 1000)
+        # Short-lived tokens keep most of their life: the margin is at most a tenth of it.
+        ttl_ms = int((expires_in - min(self._margin_seconds, expires_in / 10)) * 1000)
         if ttl_ms > 0:
             self._redis.set(self.access_key, access, px=ttl_ms)
         log.info("lightspeed_token_refreshed", system=SYSTEM, expires_in_seconds=expires_in)
@@ -252,6 +285,16 @@ class TokenManager:
                 status_code=status,
             )
         raise SourceUnavailable(described, system=SYSTEM, status_code=status)
+
+
+#: How long a refused refresh token is remembered, seconds: long enough to stop every retry of every
+#: message (Dramatiq's backoff tops out at minutes), short enough to try again after a week.
+_REFUSAL_TTL_SECONDS = 7 * 86_400
+
+
+def _digest(secret: SecretStr) -> str:
+    """A non-reversible fingerprint of a secret, safe to store and compare."""
+    return hashlib.sha256(secret.get_secret_value().encode()).hexdigest()
 
 
 #: Longest OAuth error description kept in an exception message, characters.

@@ -1,0 +1,41 @@
+"""possync's own Prometheus metrics, and how a worker pool exposes them.
+
+Metrics are module-level objects on prometheus-client's default registry. Under ``possync
+worker`` each Dramatiq process writes them to a shared multiprocess directory (set up by
+:func:`workers.metrics_env.prepare_worker_metrics` in the parent, before any process imports
+prometheus-client), and
+Dramatiq's own :class:`~dramatiq.middleware.prometheus.Prometheus` middleware serves every
+process's metrics, its message counters included, from one HTTP endpoint
+(``POSSYNC_WORKER_METRICS_HOST``:``POSSYNC_WORKER_METRICS_PORT``, path ``/metrics``, any path
+really). Label values are bounded sets (source system names); never an id, a URL or a secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+__all__ = [
+    "LIGHTSPEED_REFRESH_REFUSED",
+    "LIGHTSPEED_TOKEN_REFRESHES",
+    "SOURCE_RATE_LIMITED",
+    "SOURCE_THROTTLE_SECONDS",
+]
+
+LIGHTSPEED_TOKEN_REFRESHES = Counter(
+    "possync_lightspeed_token_refreshes_total",
+    "Lightspeed access tokens obtained with the refresh grant (one per expiry for the whole pool).",
+)
+LIGHTSPEED_REFRESH_REFUSED = Counter(
+    "possync_lightspeed_refresh_refused_total",
+    "Lightspeed refresh tokens refused for good (invalid_grant): an operator must re-authorise.",
+)
+SOURCE_RATE_LIMITED = Counter(
+    "possync_source_rate_limited_total",
+    "429 answers received from a source API.",
+    ["system"],
+)
+SOURCE_THROTTLE_SECONDS = Counter(
+    "possync_source_throttle_seconds_total",
+    "Seconds requests waited for room in a source's shared rate-limit bucket before being sent.",
+    ["system"],
+)
