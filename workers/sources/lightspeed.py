@@ -23,6 +23,7 @@ import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential_jitter
 
+from workers import metrics
 from workers.errors import (
     RateLimited,
     RetryableError,
@@ -370,6 +371,7 @@ def _error_for(response: httpx.Response, endpoint: str) -> WorkerError:
     if detail:
         described += f": {detail}"
     if status == 429:
+        metrics.SOURCE_RATE_LIMITED.labels(SYSTEM).inc()
         return RateLimited(
             described, system=SYSTEM, status_code=status, retry_after_seconds=_retry_after_seconds(response)
         )

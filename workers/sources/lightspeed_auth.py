@@ -224,6 +224,7 @@ class TokenManager:
         ttl_ms = int((expires_in - min(self._margin_seconds, expires_in / 10)) * 1000)
         if ttl_ms > 0:
             self._redis.set(self.access_key, access, px=ttl_ms)
+        metrics.LIGHTSPEED_TOKEN_REFRESHES.inc()
         log.info("lightspeed_token_refreshed", system=SYSTEM, expires_in_seconds=expires_in)
         return SecretStr(access)
 

@@ -19,10 +19,11 @@ from collections.abc import Mapping
 import redis
 import structlog
 
+from workers import metrics
 from workers.errors import RateLimited
 from workers.sources.lightspeed_auth import DEFAULT_KEY_PREFIX, SYSTEM
 
-__all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_DRIP_RATE", "Pacer", "parse_bucket_level"]
+__all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_DRIP_RATE", "DRIP_MARGIN", "Pacer", "parse_bucket_level"]
 
 #: Bucket size assumed until a response says otherwise: the documented size for one register.
 DEFAULT_BUCKET_SIZE = 90.0
@@ -33,10 +34,14 @@ DEFAULT_DRIP_RATE = 1.0
 DEFAULT_HEADROOM = 1.0
 #: The model is forgotten after this long without a request, seconds (the bucket has drained).
 _MODEL_TTL_SECONDS = 3600
+#: The share of the advertised drip rate the model drains at. Slightly under 1, so that the pool
+#: stays under the server's rate however the two clocks (Redis's and Lightspeed's) drift and however
+#: late a request reaches the server: 429s cost more than the 5 % given up.
+DRIP_MARGIN = 0.95
 #: Random extra wait, seconds, so workers woken together do not race for the same drip.
 _JITTER_SECONDS = 0.05
 
-# KEYS[1] the bucket hash. ARGV: cost, default size, default drip rate, headroom.
+# KEYS[1] the bucket hash. ARGV: cost, default size, default drip rate, headroom, ttl, drip margin.
 # Returns "0" when the cost was reserved, else the seconds until it would fit (as a string: Lua
 # numbers become integers on the way out).
 _RESERVE = """
@@ -47,7 +52,7 @@ local size = tonumber(s[2]) or tonumber(ARGV[2])
 local drip = tonumber(s[3]) or tonumber(ARGV[3])
 local level = tonumber(s[1]) or 0
 local at = tonumber(s[4]) or now
-level = math.max(0, level - math.max(0, now - at) * drip)
+level = math.max(0, level - math.max(0, now - at) * drip * tonumber(ARGV[6]))
 local cost = tonumber(ARGV[1])
 local limit = size - tonumber(ARGV[4])
 local wait = 0
@@ -55,7 +60,7 @@ local wait = 0
 if level + cost <= limit or level == 0 then
   level = level + cost
 else
-  wait = (level + cost - limit) / drip
+  wait = (level + cost - limit) / (drip * tonumber(ARGV[6]))
 end
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'size', tostring(size),
   'drip', tostring(drip), 'at', tostring(now))
@@ -64,7 +69,7 @@ return tostring(wait)
 """
 
 # KEYS[1] the bucket hash. ARGV: observed level, observed size, observed drip rate ('' if unknown),
-# defaults for size and drip rate, ttl.
+# defaults for size and drip rate, ttl, drip margin.
 _OBSERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -73,7 +78,7 @@ local size = tonumber(ARGV[2]) or tonumber(s[2]) or tonumber(ARGV[4])
 local drip = tonumber(ARGV[3]) or tonumber(s[3]) or tonumber(ARGV[5])
 local level = tonumber(s[1]) or 0
 local at = tonumber(s[4]) or now
-level = math.max(0, level - math.max(0, now - at) * drip)
+level = math.max(0, level - math.max(0, now - at) * drip * tonumber(ARGV[7]))
 local observed = tonumber(ARGV[1])
 if observed and observed > level then
   level = observed
@@ -152,11 +157,19 @@ class Pacer:
             wait = float(
                 self._reserve(
                     keys=[self.key],
-                    args=[cost, DEFAULT_BUCKET_SIZE, DEFAULT_DRIP_RATE, self._headroom, _MODEL_TTL_SECONDS],
+                    args=[
+                        cost,
+                        DEFAULT_BUCKET_SIZE,
+                        DEFAULT_DRIP_RATE,
+                        self._headroom,
+                        _MODEL_TTL_SECONDS,
+                        DRIP_MARGIN,
+                    ],
                 )
             )
             waited = time.monotonic() - started
             if wait <= 0:
+                metrics.SOURCE_THROTTLE_SECONDS.labels(SYSTEM).inc(waited)
                 return waited
             if waited + wait > self._max_wait_seconds:
                 raise RateLimited(
@@ -189,6 +202,7 @@ class Pacer:
                 DEFAULT_BUCKET_SIZE,
                 DEFAULT_DRIP_RATE,
                 _MODEL_TTL_SECONDS,
+                DRIP_MARGIN,
             ],
         )
 

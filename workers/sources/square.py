@@ -27,6 +27,7 @@ import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential_jitter
 
+from workers import metrics
 from workers.errors import (
     RateLimited,
     RetryableError,
@@ -426,6 +427,7 @@ def _error_for(response: httpx.Response, method: str, endpoint: str) -> WorkerEr
         described += f": {detail}"
     context: dict[str, Any] = {"system": SYSTEM, "status_code": status, "request_id": _request_id(response)}
     if status == 429:
+        metrics.SOURCE_RATE_LIMITED.labels(SYSTEM).inc()
         return RateLimited(described, retry_after_seconds=_retry_after_seconds(response), **context)
     if status in (401, 403):
         return SourceAuthError(described, **context)
