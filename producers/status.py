@@ -1,4 +1,5 @@
-"""What ``possync status`` shows: queue depths, stream checkpoints and lag, backfill plans, dead letters.
+"""What ``possync status`` shows: queue depths, stream checkpoints and lag, backfill plans, dead letters,
+and the Lightspeed pool's shared state (rate-limit bucket model, access token, refresh token).
 
 Read from Redis only (never the warehouse), so it answers in milliseconds and works while BigQuery
 or a source is down.
@@ -13,6 +14,7 @@ import redis
 
 from schemas.messages import ROUTES
 from workers.queues import dead_letters, queue_depth
+from workers.sources.lightspeed_auth import DEFAULT_KEY_PREFIX
 from workers.state import StateStore
 
 __all__ = ["collect_status", "format_status"]
@@ -39,8 +41,12 @@ def collect_status(client: redis.Redis, *, now: datetime | None = None) -> dict[
         }
     return {
         "queues": {queue: queue_depth(client, queue).as_dict() for queue in queues},
+        "lightspeed": lightspeed_state(client),
         "streams": streams,
-        "backfills": {plan.backfill_id: plan.summary() for plan in state.list_backfills()},
+        "backfills": {
+            plan.backfill_id: {"source": plan.meta.get("source", "square"), **plan.summary()}
+            for plan in state.list_backfills()
+        },
         "dead_letters": [
             {
                 "message_id": letter.message_id,
@@ -54,6 +60,38 @@ def collect_status(client: redis.Redis, *, now: datetime | None = None) -> dict[
             for letter in dead_letters(client, queues)
         ],
     }
+
+
+def lightspeed_state(client: redis.Redis) -> dict[str, Any]:
+    """The Lightspeed state the pool shares in Redis: per bucket (``<account>:<client>``) the model's
+    level, size and drip rate; per OAuth client whether an access token is cached (and for how long),
+    whether a rotated refresh token is stored and whether one was refused. Never a token itself."""
+    buckets: dict[str, dict[str, float]] = {}
+    clients: dict[str, dict[str, Any]] = {}
+    for raw_key in client.scan_iter(match=DEFAULT_KEY_PREFIX + "*", count=500):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        name = key[len(DEFAULT_KEY_PREFIX) :]
+        if name.endswith(":bucket"):
+            model = client.hgetall(key)
+            buckets[name.removesuffix(":bucket")] = {
+                (field.decode() if isinstance(field, bytes) else str(field)): round(float(value), 3)
+                for field, value in model.items()
+                if (field.decode() if isinstance(field, bytes) else str(field)) != "at"
+            }
+            continue
+        client_id, _, kind = name.rpartition(":")
+        entry = clients.setdefault(
+            client_id,
+            {"access_token_ttl_seconds": None, "refresh_token_stored": False, "refresh_token_refused": False},
+        )
+        if kind == "access_token":
+            ttl_ms = client.pttl(key)
+            entry["access_token_ttl_seconds"] = round(ttl_ms / 1000, 1) if ttl_ms > 0 else None
+        elif kind == "refresh_token":
+            entry["refresh_token_stored"] = True
+        elif kind == "refused_refresh_token":
+            entry["refresh_token_refused"] = True
+    return {"buckets": buckets, "clients": {k: v for k, v in clients.items() if k}}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -77,9 +115,26 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("  (none)")
     for backfill_id, plan in status["backfills"].items():
         lines.append(
-            f"  {backfill_id}: {plan['done']}/{plan['windows']} windows done, "
+            f"  {backfill_id} ({plan['source']}): {plan['done']}/{plan['windows']} windows done, "
             f"{plan['missing']} missing, {plan['failed']} failed (planned {plan['created_at']})"
         )
+    lightspeed = status.get("lightspeed") or {}
+    if lightspeed.get("buckets") or lightspeed.get("clients"):
+        lines.append("lightspeed:")
+        for scope, model in lightspeed["buckets"].items():
+            lines.append(
+                f"  bucket {scope}: level {model.get('level', 0):g}/{model.get('size', 0):g}, "
+                f"drip {model.get('drip', 0):g}/s"
+            )
+        for client_id, token in lightspeed["clients"].items():
+            ttl = token["access_token_ttl_seconds"]
+            refused = ""
+            if token["refresh_token_refused"]:
+                refused = " (REFUSED: re-authorise, see docs/operations.md)"
+            lines.append(
+                f"  client {client_id}: access token {'cached ' + str(ttl) + ' s' if ttl else 'none'}, "
+                f"refresh token {'stored' if token['refresh_token_stored'] else 'as configured'}{refused}"
+            )
     if status["dead_letters"]:
         lines.append("dead letters:")
         for letter in status["dead_letters"]:

@@ -4,8 +4,9 @@ It serves ``GET /API/V3/Account/{accountID}/Sale.json`` and ``Item.json`` in the
 string scalars, cursor pagination, operator filters, ``sort`` and ``load_relations``; bearer auth
 with expiring access tokens and the refresh grant at ``POST /auth/oauth/token`` (optionally
 rotating refresh tokens); and the documented leaky-bucket rate limit with its headers on every
-response. Admin endpoints under ``/_sandbox/`` move the clock, inject faults, count requests and
-serve the ground truth. Run it with ``python -m sandbox.lightspeed --help``.
+response. Admin endpoints under ``/_sandbox/`` move the clock, inject faults, count and measure
+requests (pacing against the bucket, refresh intervals) and serve the ground truth. Run it with
+``python -m sandbox.lightspeed --help``.
 
 The parts: :mod:`sandbox.lightspeed_cli` (options and config), :mod:`sandbox.lightspeed_data`
 (sales, items, clock), :mod:`sandbox.lightspeed_query` (filters, sort, cursors, envelope, errors),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sandbox.lightspeed_admin import LightspeedAdmin, LightspeedFaults
+from sandbox.lightspeed_admin import LightspeedAdmin, LightspeedFaults, LightspeedMeasurements
 from sandbox.lightspeed_auth import LeakyBucket, SandboxClock, TokenStore
 from sandbox.lightspeed_cli import LightspeedSandboxConfig, build_parser, config_from_args
 from sandbox.lightspeed_data import ItemState, LightspeedDataset, SaleState
@@ -87,7 +89,7 @@ ITEM = Resource(
 
 
 class LightspeedSandbox:
-    """The sandbox's state (dataset, tokens, bucket, faults, counters) and its API handlers."""
+    """The sandbox's state (dataset, tokens, bucket, faults, measurements) and its API handlers."""
 
     def __init__(self, config: LightspeedSandboxConfig) -> None:
         """Generate the dataset ``config`` describes and set up tokens and the bucket.
@@ -114,13 +116,7 @@ class LightspeedSandbox:
             self.tokens.issue(config.access_token)
         self.faults = LightspeedFaults(rate_500=config.rate_500, latency_ms=config.latency_ms)
         self._fault_rng = random.Random(f"{config.seed}:faults")
-        self.stats: dict[str, dict[str, int]] = {}
-        self.rate_limited = 0
-
-    def count(self, template: str, status: int) -> None:
-        """Count one answer under its endpoint template and status."""
-        by_status = self.stats.setdefault(template, {})
-        by_status[str(status)] = by_status.get(str(status), 0) + 1
+        self.measurements = LightspeedMeasurements()
 
     def list_route(self, resource: Resource, records: Any) -> Route:
         """The ``GET .../{resource}.json`` route over ``records()`` (called per request)."""
@@ -128,18 +124,24 @@ class LightspeedSandbox:
         template = f"GET {path}"
 
         async def endpoint(request: Request) -> Response:
-            response = await self._serve(request, resource, records())
-            self.count(template, response.status_code)
+            # Real time, not the skippable clock: pacing is measured as the clients lived it.
+            arrived = time.monotonic()
+            response, cost = await self._serve(request, resource, records())
+            self.measurements.count(template, response.status_code)
+            self.measurements.api_request(arrived, cost, response.status_code)
             return response
 
         return Route(path, endpoint, methods=["GET"])
 
-    async def _serve(self, request: Request, resource: Resource, records: Sequence[Any]) -> Response:
+    async def _serve(
+        self, request: Request, resource: Resource, records: Sequence[Any]
+    ) -> tuple[Response, float]:
+        """The answer and the query's cost in drips (1 when the query was never parsed)."""
         cost = 1.0
         try:
             denied = self.tokens.check(request)
             if denied is not None:
-                return self._with_headers(denied, cost)
+                return self._with_headers(denied, cost), cost
             if request.path_params["account_id"] != str(self.config.account_id):
                 raise LightspeedError(403, "Not authorized for this account.", "ForbiddenException")
             params = list(request.query_params.multi_items())
@@ -147,20 +149,19 @@ class LightspeedSandbox:
             cost = query.cost
             wait = self.bucket.take(cost)
             if wait is not None:
-                self.rate_limited += 1
                 response = error_response(429, "Rate limit exceeded.", "RateLimitException")
                 response.headers["Retry-After"] = self.bucket.retry_after(wait)
                 response.headers["X-LS-API-RateLimit-Type"] = "api-leaky-bucket"
-                return self._with_headers(response, cost)
+                return self._with_headers(response, cost), cost
             if self.faults.latency_ms:
                 await asyncio.sleep(self.faults.latency_ms / 1000)
             if self.faults.draw_500(self._fault_rng):
-                return self._with_headers(error_response(500, "Internal server error."), cost)
+                return self._with_headers(error_response(500, "Internal server error."), cost), cost
             url = str(request.url.replace(query=""))
             body = run_query(resource, records, query, params, url.rstrip("?"), _render)
         except LightspeedError as exc:
-            return self._with_headers(exc.response(), cost)
-        return self._with_headers(Response(orjson.dumps(body), media_type="application/json"), cost)
+            return self._with_headers(exc.response(), cost), cost
+        return self._with_headers(Response(orjson.dumps(body), media_type="application/json"), cost), cost
 
     def _with_headers(self, response: Response, cost: float) -> Response:
         response.headers.update(self.bucket.headers(cost))
@@ -169,9 +170,11 @@ class LightspeedSandbox:
         return response
 
     async def token(self, request: Request) -> Response:
-        """``POST /auth/oauth/token``, counted."""
+        """``POST /auth/oauth/token``, counted; a successful refresh is logged."""
         response = await self.tokens.token_endpoint(request)
-        self.count("POST /auth/oauth/token", response.status_code)
+        self.measurements.count("POST /auth/oauth/token", response.status_code)
+        if response.status_code == 200:
+            self.measurements.refreshed(time.monotonic(), self.clock.now(), self.tokens.lifetime_seconds)
         return response
 
 

@@ -102,7 +102,6 @@ class TokenStore:
     scope: str = "employee:all"
     #: Access token -> when it expires, on :attr:`clock`.
     access: dict[str, float] = field(default_factory=dict)
-    refreshes: int = 0
     valid_refresh: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -167,7 +166,6 @@ class TokenStore:
                 "The refresh token is invalid.",
                 "Token has been revoked",
             )
-        self.refreshes += 1
         if self.rotate:
             self.valid_refresh.discard(refresh)
             refresh = secrets.token_urlsafe(32)

@@ -100,6 +100,11 @@ class SaleState:
         """``subtotal - discount + tax1 + tax2``."""
         return self.taxable_cents + self.tax1_cents + self.tax2_cents
 
+    @property
+    def register_id(self) -> int:
+        """The register rung up on: each shop has one, numbered like the shop."""
+        return self.shop_id
+
     def to_api(self) -> dict[str, Any]:
         """The sale as Lightspeed's ``Sale`` JSON object: every scalar a string."""
         total = format_amount(self.total_cents)
@@ -135,7 +140,7 @@ class SaleState:
             "discountID": "0",
             "employeeID": str(self.employee_id),
             "quoteID": "0",
-            "registerID": str(self.shop_id),
+            "registerID": str(self.register_id),
             "shipToID": "0",
             "shopID": str(self.shop_id),
             "taxCategoryID": "1",
@@ -157,6 +162,10 @@ class SaleState:
             "customer_id": self.customer_id or None,
             "employee_id": self.employee_id,
             "shop_id": self.shop_id,
+            "register_id": self.register_id,
+            # The sandbox never archives or voids a sale.
+            "archived": False,
+            "voided": False,
             "create_time": format_time(self.create_time),
             "update_time": format_time(self.update_time),
             "complete_time": None if self.complete_time is None else format_time(self.complete_time),
@@ -178,11 +187,16 @@ class ItemState:
     #: Prices by use type: ``Default``, ``MSRP``, ``Online``.
     prices: tuple[tuple[str, int], ...]
 
+    @property
+    def system_sku(self) -> str:
+        """Lightspeed's own SKU: ``210000000000`` plus the item id, as a string."""
+        return f"{210000000000 + self.item_id}"
+
     def to_api(self) -> dict[str, Any]:
         """The item as Lightspeed's ``Item`` JSON object, ``Prices`` included."""
         return {
             "itemID": str(self.item_id),
-            "systemSku": f"{210000000000 + self.item_id}",
+            "systemSku": self.system_sku,
             "defaultCost": format_amount(self.default_cost_cents),
             "avgCost": format_amount(self.avg_cost_cents),
             "discountable": "true",
@@ -217,9 +231,14 @@ class ItemState:
             "avg_cost_cents": self.avg_cost_cents,
             "category_id": self.category_id,
             "manufacturer_sku": self.manufacturer_sku,
+            "system_sku": self.system_sku,
+            # The sandbox never archives an item.
+            "archived": False,
             "create_time": format_time(self.create_time),
             "time_stamp": format_time(self.time_stamp),
             "prices_cents": dict(self.prices),
+            # What the warehouse's ``price`` holds: the ``Default`` price, None without one.
+            "price_cents": dict(self.prices).get("Default"),
         }
 
 

@@ -1,6 +1,6 @@
 """End-to-end fixtures: the real system as a user runs it.
 
-A Redis server process, the BigQuery emulator process and a Square sandbox process, with
+A Redis server process, the BigQuery emulator process and a Square or Lightspeed sandbox process, with
 ``possync`` commands and ``possync worker`` pools run as subprocesses configured only by
 ``POSSYNC_*`` environment variables, exactly as in production.
 """
@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 
-from sandbox.process import start_square_sandbox
+from sandbox.process import free_port, start_lightspeed_sandbox, start_square_sandbox
 from schemas.settings import ENV_PREFIX, Settings
 
 TOKEN = "e2e-sandbox-token"
+#: The Lightspeed sandbox's OAuth client secret and first refresh token in these tests (fake).
+LIGHTSPEED_SECRET = "e2e-lightspeed-secret"
+LIGHTSPEED_REFRESH = "e2e-lightspeed-refresh"
 
 
 @dataclass
@@ -31,6 +34,8 @@ class WorkerPool:
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: Where the pool serves its processes' Prometheus metrics.
+    metrics_url: str
 
     def kill(self) -> None:
         """SIGKILL the pool and every worker process it forked: no graceful requeue."""
@@ -83,9 +88,13 @@ class System:
         status: dict[str, Any] = json.loads(result.stdout)
         return status
 
-    def start_worker(self, *, processes: int = 1, threads: int = 4, **env: str) -> WorkerPool:
-        """Start ``possync worker --queues square``; extra keyword arguments become env variables."""
+    def start_worker(
+        self, *, processes: int = 1, threads: int = 4, queues: tuple[str, ...] = ("square",), **env: str
+    ) -> WorkerPool:
+        """Start ``possync worker --queues QUEUES``; extra keyword arguments become env variables."""
         log_path = self.work_dir / f"worker-{len(self.pools)}.log"
+        port = free_port()
+        env = {"POSSYNC_WORKER_METRICS_PORT": str(port), **env}
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -93,7 +102,7 @@ class System:
                 "producers.cli",
                 "worker",
                 "--queues",
-                "square",
+                *queues,
                 "--processes",
                 str(processes),
                 "--threads",
@@ -104,7 +113,7 @@ class System:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        pool = WorkerPool(process=process, log_path=log_path)
+        pool = WorkerPool(process=process, log_path=log_path, metrics_url=f"http://127.0.0.1:{port}/metrics")
         self.pools.append(pool)
         return pool
 
@@ -117,17 +126,38 @@ class System:
 def make_system(
     redis_url: str, bigquery_emulator: Any, dataset: str, tmp_path: Path
 ) -> Iterator[Callable[..., System]]:
-    """Factory: ``make_system(payments=20_000, **sandbox_options)`` starts a sandbox and wires it up."""
+    """Factory: ``make_system(payments=20_000, **sandbox_options)`` starts a Square sandbox and wires
+    it up; ``make_system(source="lightspeed", sales=..., **options)`` a Lightspeed one."""
     systems: list[System] = []
     sandboxes: list[Any] = []
 
-    def make(*, token: str = TOKEN, worker_token: str | None = None, **sandbox_options: Any) -> System:
-        sandbox = start_square_sandbox(token=token, **sandbox_options)
+    def make(
+        *,
+        token: str = TOKEN,
+        worker_token: str | None = None,
+        source: str = "square",
+        **sandbox_options: Any,
+    ) -> System:
+        values: dict[str, str] = {}
+        if source == "lightspeed":
+            sandbox = start_lightspeed_sandbox(
+                client_secret=LIGHTSPEED_SECRET, refresh_token=LIGHTSPEED_REFRESH, **sandbox_options
+            )
+            values = {
+                "lightspeed_base_url": sandbox.base_url,
+                "lightspeed_token_url": f"{sandbox.base_url}/auth/oauth/token",
+                "lightspeed_account_id": "123456",
+                "lightspeed_client_id": "sandbox-client",
+                "lightspeed_client_secret": LIGHTSPEED_SECRET,
+                "lightspeed_refresh_token": LIGHTSPEED_REFRESH,
+                "lightspeed_token_file": str(tmp_path / "lightspeed-refresh-token"),
+            }
+        else:
+            sandbox = start_square_sandbox(token=token, **sandbox_options)
+            values = {"square_base_url": sandbox.base_url, "square_access_token": worker_token or token}
         sandboxes.append(sandbox)
-        values = {
+        values |= {
             "redis_url": redis_url,
-            "square_base_url": sandbox.base_url,
-            "square_access_token": worker_token or token,
             "bigquery_project": bigquery_emulator.project,
             "bigquery_dataset": dataset,
             "bigquery_endpoint": bigquery_emulator.endpoint,
@@ -139,7 +169,7 @@ def make_system(
         env.update({ENV_PREFIX + key.upper(): value for key, value in values.items()})
         system = System(
             sandbox=sandbox,
-            settings=Settings(**values),
+            settings=Settings.model_validate(values),
             env=env,
             work_dir=tmp_path,
         )

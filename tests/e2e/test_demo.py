@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
     env["POSSYNC_SQUARE_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens: must never be used
     env["POSSYNC_BIGQUERY_ENDPOINT"] = "http://127.0.0.1:9"
+    env["POSSYNC_LIGHTSPEED_BASE_URL"] = "http://127.0.0.1:9"
 
-    # When the demo runs a small history with a sentinel token
+    # When the demo runs a small history of both sources with a sentinel token (Lightspeed's fake
+    # client secret and refresh token are derived from it)
     work_dir = tmp_path / "demo"
     result = subprocess.run(
         [
@@ -29,6 +32,10 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
             "--payments",
             "3000",
             "--customers",
+            "200",
+            "--sales",
+            "1500",
+            "--items",
             "200",
             "--processes",
             "1",
@@ -46,11 +53,18 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
         check=False,
     )
 
-    # Then it exits 0 after checking the warehouse, reports its duration and the report keys
+    # Then it exits 0 after checking both sources' tables and reports against their truths, reports its
+    # duration and the report, Lightspeed's figures included
     assert result.returncode == 0, result.stdout + result.stderr[-5000:]
     assert "demo duration:" in result.stderr
+    assert "Square sandbox's ground truth" in result.stderr
+    assert "Lightspeed sandbox's ground truth" in result.stderr
+    report = json.loads(result.stdout)
     for key in ("todayRevenue", "weekRevenue", "monthRevenue", "yearRevenue", "avgOrderValue"):
-        assert key in result.stdout
+        assert key in report
+        assert key in report["lightspeed"]
+    assert report["totalTransactions"] > 0
+    assert report["lightspeed"]["totalTransactions"] > 0
     # And no log line anywhere holds the token
     logs = [result.stdout, result.stderr] + [p.read_text(errors="replace") for p in work_dir.glob("*.log")]
     assert any("message_done" in log for log in logs), "the worker log holds no message summary"

@@ -100,6 +100,7 @@ def test_status_json_has_the_promised_shape(redis_url: str) -> None:
     status = json.loads(result.stdout)
     empty = {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
     assert status["queues"] == {"square": empty, "lightspeed": empty}
+    assert status["lightspeed"] == {"buckets": {}, "clients": {}}
     assert status["streams"] == {}
     assert status["backfills"] == {}
     assert status["dead_letters"] == []
