@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,10 +17,12 @@ import redis
 from pydantic import SecretStr
 
 from sandbox.process import SandboxProcess, start_lightspeed_sandbox
+from schemas.messages import BackfillRequest
 from workers.errors import SourceAuthError
 from workers.sources.lightspeed import PAGE_LIMIT, LightspeedClient
 from workers.sources.lightspeed_auth import TokenManager
 from workers.sources.lightspeed_pacing import Pacer
+from workers.sources.lightspeed_streams import LightspeedStreams
 
 ACCOUNT_ID = "4242"
 CLIENT_ID = "possync-sandbox-client"
@@ -219,6 +222,94 @@ def test_a_revoked_refresh_token_fails_permanently_without_leaking_secrets(
         text = "".join(traceback.format_exception(caught.value)) + repr(caught.value)
         for secret in (REFRESH_TOKEN, CLIENT_SECRET):
             assert secret not in text
+
+
+def test_a_refused_refresh_token_is_not_offered_again_until_a_new_one_is_configured(
+    make_client: Callable[..., LightspeedClient], redis_client: redis.Redis
+) -> None:
+    # Given a sandbox that revoked the refresh token, and one worker that met the refusal
+    with _start(bucket_size=1000, drip_rate=1000) as sandbox:
+        httpx.post(
+            f"{sandbox.base_url}/_sandbox/faults", json={"revoke_refresh_token": True}, timeout=10
+        ).raise_for_status()
+        with pytest.raises(SourceAuthError):
+            next(iter(make_client(sandbox).iter_sales(updated_since=None)))
+
+        def token_requests() -> int:
+            return sum(_stats(sandbox)["requests"].get("POST /auth/oauth/token", {}).values())
+
+        assert token_requests() == 1
+
+        # When three more workers (fresh processes) try, with several attempts each
+        for _ in range(3):
+            with pytest.raises(SourceAuthError) as caught:
+                next(iter(make_client(sandbox, request_attempts=3).iter_items(updated_since=None)))
+            assert "not asking again" in str(caught.value)
+
+        # Then none of them asked the token endpoint: the pool remembers the refusal (as a digest)
+        assert token_requests() == 1
+        refused = redis_client.get(f"possync:lightspeed:{CLIENT_ID}:refused_refresh_token")
+        assert refused is not None
+        assert REFRESH_TOKEN.encode() not in refused
+
+        # When an operator configures a new refresh token
+        with httpx.Client() as http:
+            tokens = TokenManager(
+                redis_client,
+                http,
+                token_url=sandbox.base_url + "/auth/oauth/token",
+                client_id=CLIENT_ID,
+                client_secret=SecretStr(CLIENT_SECRET),
+                refresh_token=SecretStr("a-newly-authorised-refresh-token"),
+                timeout_seconds=10,
+            )
+            # Then it is offered (this sandbox refuses it too, but it was asked)
+            with pytest.raises(SourceAuthError):
+                tokens.access_token()
+        assert token_requests() == 2
+
+
+def test_backfill_windows_tile_the_history_and_each_sale_is_read_once(
+    sandbox: SandboxProcess, make_client: Callable[..., LightspeedClient]
+) -> None:
+    # Given a backfill whose second window starts exactly at a sale's creation second
+    truth = _truth(sandbox, "sales")
+    boundary_sale = truth[len(truth) // 2]
+    boundary = datetime.fromisoformat(boundary_sale["create_time"])
+    request = BackfillRequest(
+        request_id="r",
+        backfill_id="b",
+        source="lightspeed",
+        since=boundary - timedelta(days=10),
+        until=boundary + timedelta(days=25, microseconds=500),
+        window_days=10,
+    )
+    streams = LightspeedStreams(make_client(sandbox))
+
+    # When it is planned and every window read
+    windows, _ = streams.plan_windows(request)
+    sales_windows = [window for window in windows if window.stream == "sales"]
+    read = {
+        window.window_id: [int(sale["saleID"]) for page in streams.window_pages(window) for sale in page]
+        for window in sales_windows
+    }
+
+    # Then the windows tile [since, until) on whole seconds, items get one window of their own
+    assert [window.stream for window in windows].count("items") == 1
+    assert sales_windows[0].start == request.since
+    assert sales_windows[1].start == boundary
+    assert all(a.end == b.start for a, b in itertools.pairwise(sales_windows))
+    assert sales_windows[-1].end == boundary + timedelta(days=25, seconds=1)
+
+    # And every sale created in the range is read exactly once, the boundary one in the second window
+    ids = [sale_id for window_ids in read.values() for sale_id in window_ids]
+    last = boundary + timedelta(days=25, seconds=1)
+    expected = {
+        row["sale_id"] for row in truth if request.since <= datetime.fromisoformat(row["create_time"]) < last
+    }
+    assert sorted(ids) == sorted(expected)
+    assert len(ids) == len(set(ids))
+    assert boundary_sale["sale_id"] in read[sales_windows[1].window_id]
 
 
 def test_a_pool_of_workers_sharing_a_small_bucket_gets_no_429(
