@@ -24,6 +24,7 @@ from workers.sources.lightspeed import LightspeedClient
 from workers.sources.lightspeed_auth import TokenManager
 from workers.sources.lightspeed_pacing import Pacer
 from workers.sources.lightspeed_streams import LightspeedStreams
+from workers.sources.shared_pause import SharedPause
 from workers.sources.square import SquareClient
 from workers.sources.square_streams import SquareStreams
 from workers.state import StateStore
@@ -91,6 +92,11 @@ class WorkerResources:
             timeout_seconds=settings.square_timeout_seconds,
             request_attempts=settings.square_request_attempts,
             max_request_wait_seconds=settings.square_max_request_wait_seconds,
+            pause=SharedPause(
+                self.redis,
+                key="possync:square:pause",
+                max_wait_seconds=settings.square_max_request_wait_seconds,
+            ),
         )
         return SquareStreams(client, settings)
 

@@ -36,6 +36,7 @@ from workers.errors import (
     SourceUnavailable,
     WorkerError,
 )
+from workers.sources.shared_pause import SharedPause
 
 __all__ = [
     "CATALOG_PAGE_LIMIT",
@@ -141,6 +142,8 @@ class SquareClient:
         retry_initial_seconds: first backoff between tries, seconds; doubles each time, with jitter.
         max_request_wait_seconds: longest pause between tries, seconds; a source asking for a longer
             one (``Retry-After``) fails the request at once, to be retried as a message.
+        pause: the pool-wide pause: a 429 any worker receives makes every worker wait; ``None``
+            keeps the pause to this client's own retries.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class SquareClient:
         request_attempts: int = 1,
         retry_initial_seconds: float = 0.5,
         max_request_wait_seconds: float = 30.0,
+        pause: SharedPause | None = None,
     ) -> None:
         if not isinstance(token, SecretStr):
             raise TypeError("token must be a SecretStr")
@@ -165,6 +169,7 @@ class SquareClient:
         if request_attempts < 1:
             raise ValueError("request_attempts must be at least 1")
         self._attempts = request_attempts
+        self._pause = pause
         self._pacing = _SourcePacing(
             initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
         )
@@ -363,6 +368,8 @@ class SquareClient:
         body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One request; the parsed JSON object of a 2xx answer, else the translated error."""
+        if self._pause is not None:
+            self._pause.wait()
         try:
             response = self._http.request(
                 method,
@@ -384,7 +391,10 @@ class SquareClient:
             ) from exc
         if response.is_success:
             return _json_object(response, method, endpoint)
-        raise _error_for(response, method, endpoint)
+        error = _error_for(response, method, endpoint)
+        if isinstance(error, RateLimited) and self._pause is not None:
+            self._pause.pause(error.retry_after_seconds or DEFAULT_RETRY_AFTER_SECONDS)
+        raise error
 
 
 def _objects(body: Mapping[str, Any], key: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 from structlog.tracebacks import ExceptionDictTransformer
 
@@ -28,6 +30,7 @@ from workers.errors import (
     SourceUnavailable,
     WorkerError,
 )
+from workers.sources.shared_pause import SharedPause
 from workers.sources.square import DEFAULT_RETRY_AFTER_SECONDS, PAGE_LIMIT, SquareClient
 
 TOKEN = "sq-test-token-6f1c0d7e9b"
@@ -86,6 +89,7 @@ def make_client(sandbox: SandboxProcess, recorder: Recorder) -> Iterator[Callabl
         square_version: str = "2025-08-20",
         request_attempts: int = 1,
         max_request_wait_seconds: float = 30.0,
+        pause: SharedPause | None = None,
     ) -> SquareClient:
         http = httpx.Client(
             event_hooks={"request": [recorder.on_request], "response": [recorder.on_response]}
@@ -100,6 +104,7 @@ def make_client(sandbox: SandboxProcess, recorder: Recorder) -> Iterator[Callabl
             request_attempts=request_attempts,
             retry_initial_seconds=0.01,
             max_request_wait_seconds=max_request_wait_seconds,
+            pause=pause,
         )
 
     yield make
@@ -638,3 +643,33 @@ def test_permanent_errors_are_never_retried_per_request(
 
     # Then the 401 was asked exactly once
     assert len(recorder.requests) == 1
+
+
+def test_a_429_to_one_worker_pauses_the_whole_pool_for_its_retry_after(
+    sandbox: SandboxProcess, make_client: Callable[..., SquareClient], redis_url: str
+) -> None:
+    # Given two workers (own clients, own Redis connections) sharing the pool's pause
+    first = make_client(pause=SharedPause(redis.Redis.from_url(redis_url), key="possync:square:pause"))
+    second = make_client(pause=SharedPause(redis.Redis.from_url(redis_url), key="possync:square:pause"))
+
+    # When the first is told 429 with Retry-After: 2
+    sandbox.admin.set_faults(rate_429=1.0, retry_after_seconds=2)
+    with pytest.raises(RateLimited):
+        first.list_locations()
+    sandbox.admin.clear_faults()
+
+    # Then the second waits out the pause before its next request, then succeeds
+    started = time.monotonic()
+    assert second.list_locations()
+    assert time.monotonic() - started >= 1.5
+
+
+def test_a_shorter_pause_never_cuts_a_longer_one(redis_client: redis.Redis) -> None:
+    pause = SharedPause(redis_client, key="possync:test:pause", max_wait_seconds=5)
+    pause.pause(1.0)
+    pause.pause(0.1)
+    started = time.monotonic()
+    assert pause.wait() >= 0.8
+    assert time.monotonic() - started >= 0.8
+    # And once it has passed, nobody waits
+    assert pause.wait() == 0.0
