@@ -11,22 +11,23 @@ row converters in ``schemas/square.py``), so a conversion bug there shows up her
 with itself. The findings are the types of :mod:`sandbox.truth_report`.
 
 This module is the check's entry point and re-exports the names callers use, among them
-:func:`~sandbox.truth.fetch_truth` and :func:`~sandbox.truth.expected_report`.
+:func:`~sandbox.truth.fetch_truth` and :func:`~sandbox.truth.expected_report`. Its per-table loop,
+:func:`check_tables`, is the Lightspeed check's too (:mod:`sandbox.truth_lightspeed`), over its own tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
 
 from google.api_core import exceptions as google_exceptions
 from google.cloud import bigquery
 
 from sandbox.truth import Truth, expected_report, fetch_truth
-from sandbox.truth_columns import COLUMNS, TABLE_NAMES
-from sandbox.truth_compare import PAYMENT_SUM_COLUMNS, compare_table
+from sandbox.truth_columns import PAYMENT_SUM_COLUMNS, SQUARE_TABLES, TABLE_NAMES, CheckedTable
+from sandbox.truth_compare import compare_table
 from sandbox.truth_report import EXAMPLES, CheckReport, ColumnMismatch, Mismatch, SumDifference, TableCheck
 from sandbox.truth_warehouse import read_table, schema_differences, table_ref
-from schemas.tables import TABLES
 
 __all__ = [
     "EXAMPLES",
@@ -38,6 +39,7 @@ __all__ = [
     "SumDifference",
     "TableCheck",
     "Truth",
+    "check_tables",
     "check_warehouse",
     "expected_report",
     "fetch_truth",
@@ -74,27 +76,64 @@ def check_warehouse(
     unknown = set(tables) - set(TABLE_NAMES)
     if unknown:
         raise ValueError(f"no truth for tables {sorted(unknown)}; known: {TABLE_NAMES}")
+    return check_tables(
+        client,
+        project=project,
+        dataset=dataset,
+        tables=(SQUARE_TABLES[name] for name in TABLE_NAMES if name in tables),
+        records=truth.records,
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def check_tables(
+    client: bigquery.Client,
+    *,
+    project: str,
+    dataset: str,
+    tables: Iterable[CheckedTable],
+    records: Callable[[str], list[dict[str, Any]]],
+    timeout_seconds: float,
+) -> CheckReport:
+    """Compare tables with their truth records, one query per table; the Square and Lightspeed checks run it.
+
+    Args:
+        client: the BigQuery client.
+        project: the project id.
+        dataset: the dataset holding ``tables``.
+        tables: the tables to check, in report order.
+        records: the truth's records for a table name (``Truth.records``, ``LightspeedTruth.records``).
+        timeout_seconds: deadline for each table's query, seconds.
+
+    Returns:
+        The report; ``report.ok`` is True only if every table equals the truth.
+
+    Raises:
+        ValueError: for an invalid project or dataset id, or a key the truth holds twice.
+        google.api_core.exceptions.GoogleAPICallError: as for :func:`check_warehouse`.
+    """
     results: dict[str, TableCheck] = {}
-    for table in (name for name in TABLE_NAMES if name in tables):
-        records = truth.records(table)
-        key_field = COLUMNS[table][0][1]
-        ref = table_ref(project, dataset, table)
+    for table in tables:
+        truth_records = records(table.name)
+        ref = table_ref(project, dataset, table.name)
         try:
             schema = client.get_table(ref.strip("`"), timeout=timeout_seconds).schema
         except google_exceptions.NotFound as exc:
-            absent = TableCheck(table=table, expected_rows=len(records), error=f"not found: {exc.message}")
-            absent.missing = sorted(str(record[key_field]) for record in records)
-            results[table] = absent
+            absent = TableCheck(
+                table=table.name, expected_rows=len(truth_records), error=f"not found: {exc.message}"
+            )
+            key_field = table.columns[0][1]
+            absent.missing = sorted((str(record[key_field]) for record in truth_records), key=table.key_order)
+            results[table.name] = absent
             continue
-        differences = schema_differences(TABLES[table], schema)
-        key_column = COLUMNS[table][0][0]
-        if key_column in differences and differences[key_column].startswith("missing"):
-            results[table] = TableCheck(
-                table=table, expected_rows=len(records), schema=differences, error="no key column"
+        differences = schema_differences(table, schema)
+        if differences.get(table.columns[0][0], "").startswith("missing"):
+            results[table.name] = TableCheck(
+                table=table.name, expected_rows=len(truth_records), schema=differences, error="no key column"
             )
             continue
         present = {f.name for f in schema}
-        check = compare_table(table, records, read_table(client, ref, present, table, timeout_seconds))
+        check = compare_table(table, truth_records, read_table(client, ref, present, table, timeout_seconds))
         check.schema = differences
-        results[table] = check
+        results[table.name] = check
     return CheckReport(tables=results)

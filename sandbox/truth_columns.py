@@ -3,21 +3,31 @@
 The truth serves integer cents and RFC 3339 strings; the warehouse holds NUMERIC and TIMESTAMP. Both
 sides are brought to the same Python values here (money as exact decimals of the truth's cents,
 timestamps as UTC strings to the microsecond, NULL lists as empty lists), so the comparison is plain
-equality. Written independently of the row converters in ``schemas/square.py``, on purpose.
+equality. Written independently of the row converters in ``schemas/square.py`` and
+``schemas/lightspeed.py``, on purpose.
+
+A :class:`CheckedTable` describes one table to the check (its columns, key order and money sums);
+the Square tables are :data:`SQUARE_TABLES`, the Lightspeed ones live in :mod:`sandbox.truth_lightspeed`.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from schemas.tables import SQUARE_CUSTOMERS, SQUARE_ITEMS, SQUARE_PAYMENTS
+from schemas.tables import SQUARE_CUSTOMERS, SQUARE_ITEMS, SQUARE_PAYMENTS, TableSpec
 
 __all__ = [
     "COLUMNS",
+    "PAYMENT_SUM_COLUMNS",
+    "SQUARE_TABLES",
     "TABLE_NAMES",
+    "CheckedColumn",
+    "CheckedTable",
     "ColumnKind",
     "cents",
     "instant",
@@ -31,9 +41,36 @@ TABLE_NAMES = (SQUARE_PAYMENTS.name, SQUARE_ITEMS.name, SQUARE_CUSTOMERS.name)
 
 #: How a column's values are compared (and read back from the warehouse).
 ColumnKind = Literal["str", "timestamp", "cents", "int", "bool", "list"]
+#: One checked column: (warehouse column, truth field, how to compare).
+CheckedColumn = tuple[str, str, ColumnKind]
+
+
+@dataclass(frozen=True)
+class CheckedTable:
+    """A warehouse table as the check compares it with the truth.
+
+    Attributes:
+        spec: the table as ``schemas/tables.py`` declares it (its column types are checked against it).
+        columns: the checked columns, in report order; the first is the key.
+        key_order: sort key for the keys a report lists; ``None`` sorts them as strings.
+        sum_columns: money columns whose sums by each of ``sum_dimensions`` must match to the cent.
+        sum_dimensions: columns those sums are grouped by, one set of sums each.
+    """
+
+    spec: TableSpec
+    columns: tuple[CheckedColumn, ...]
+    key_order: Callable[[str], Any] | None = None
+    sum_columns: tuple[str, ...] = ()
+    sum_dimensions: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The table name."""
+        return self.spec.name
+
 
 #: Per table: warehouse column -> (truth field, how to compare). The first column is the key.
-COLUMNS: dict[str, tuple[tuple[str, str, ColumnKind], ...]] = {
+COLUMNS: dict[str, tuple[CheckedColumn, ...]] = {
     SQUARE_PAYMENTS.name: (
         ("id", "id", "str"),
         ("created_at", "created_at", "timestamp"),
@@ -74,6 +111,20 @@ COLUMNS: dict[str, tuple[tuple[str, str, ColumnKind], ...]] = {
         ("reference_id", "reference_id", "str"),
         ("group_ids", "group_ids", "list"),
     ),
+}
+#: Payment money columns whose sums by status and by location must match to the cent.
+PAYMENT_SUM_COLUMNS = ("amount", "tip_amount", "total_amount", "refunded_amount")
+
+#: The Square tables as the check compares them, by name, in report order.
+SQUARE_TABLES: dict[str, CheckedTable] = {
+    SQUARE_PAYMENTS.name: CheckedTable(
+        SQUARE_PAYMENTS,
+        COLUMNS[SQUARE_PAYMENTS.name],
+        sum_columns=PAYMENT_SUM_COLUMNS,
+        sum_dimensions=("status", "location_id"),
+    ),
+    SQUARE_ITEMS.name: CheckedTable(SQUARE_ITEMS, COLUMNS[SQUARE_ITEMS.name]),
+    SQUARE_CUSTOMERS.name: CheckedTable(SQUARE_CUSTOMERS, COLUMNS[SQUARE_CUSTOMERS.name]),
 }
 
 

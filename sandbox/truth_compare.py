@@ -1,4 +1,4 @@
-"""Comparing a table's warehouse rows with the truth: keys, every column, and payment sums to the cent."""
+"""Comparing a table's warehouse rows with the truth: keys, every column, and money sums to the cent."""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sandbox.truth_columns import COLUMNS, shown, truth_value
+from sandbox.truth_columns import CheckedTable, shown, truth_value
 from sandbox.truth_report import EXAMPLES, ColumnMismatch, Mismatch, SumDifference, TableCheck
-from schemas.tables import SQUARE_PAYMENTS
 
-__all__ = ["PAYMENT_SUM_COLUMNS", "compare_table"]
-
-#: Payment money columns whose sums by status and by location must match to the cent.
-PAYMENT_SUM_COLUMNS = ("amount", "tip_amount", "total_amount", "refunded_amount")
-#: Payment columns the money sums are grouped by.
-_SUM_DIMENSIONS = ("status", "location_id")
+__all__ = ["compare_table"]
 
 
-def compare_table(table: str, records: list[dict[str, Any]], rows: list[list[Any]]) -> TableCheck:
+def compare_table(table: CheckedTable, records: list[dict[str, Any]], rows: list[list[Any]]) -> TableCheck:
     """Compare one table's rows with its truth records.
 
     Args:
-        table: the table name, a key of :data:`~sandbox.truth_columns.COLUMNS`.
+        table: the checked table: its columns, key order and money sums.
         records: the truth's records for the table.
         rows: the warehouse rows as :func:`sandbox.truth_warehouse.read_table` returns them.
 
@@ -33,20 +27,21 @@ def compare_table(table: str, records: list[dict[str, Any]], rows: list[list[Any
     Raises:
         ValueError: if the truth holds a key twice.
     """
-    spec = COLUMNS[table]
-    key_field = spec[0][1]
+    columns = table.columns
+    key_field = columns[0][1]
     expected: dict[str, list[Any]] = {}
     for record in records:
         key = str(record[key_field])
         if key in expected:
-            raise ValueError(f"the truth for {table} holds key {key!r} twice")
-        expected[key] = [truth_value(kind, record.get(truth_field)) for _, truth_field, kind in spec]
+            raise ValueError(f"the truth for {table.name} holds key {key!r} twice")
+        expected[key] = [truth_value(kind, record.get(truth_field)) for _, truth_field, kind in columns]
 
-    check = TableCheck(table=table, expected_rows=len(expected), warehouse_rows=len(rows))
+    check = TableCheck(table=table.name, expected_rows=len(expected), warehouse_rows=len(rows))
     copies = Counter(str(row[0]) for row in rows)
-    check.missing = sorted(key for key in expected if key not in copies)
-    check.unexpected = sorted(key for key in copies if key not in expected)
-    check.duplicates = {key: count for key, count in sorted(copies.items()) if count > 1}
+    order = table.key_order
+    check.missing = sorted((key for key in expected if key not in copies), key=order)
+    check.unexpected = sorted((key for key in copies if key not in expected), key=order)
+    check.duplicates = {key: copies[key] for key in sorted(copies, key=order) if copies[key] > 1}
 
     mismatched: dict[str, ColumnMismatch] = {}
     for row in rows:
@@ -54,46 +49,56 @@ def compare_table(table: str, records: list[dict[str, Any]], rows: list[list[Any
         truth = expected.get(key)
         if truth is None:
             continue
-        for index in range(1, len(spec)):
+        # The key itself matched already; its type is the schema check's business.
+        for index in range(1, len(columns)):
             want, actual = truth[index], row[index]
             # Same type as well as equal: True == 1 must not pass for a BOOL column, nor a float amount.
             if want == actual and type(want) is type(actual):
                 continue
-            column, _, kind = spec[index]
+            column, _, kind = columns[index]
             found = mismatched.setdefault(column, ColumnMismatch(column))
             found.count += 1
             if len(found.examples) < EXAMPLES:
                 found.examples.append(Mismatch(key, shown(kind, want), shown(kind, actual)))
     # Report columns in table order, whatever order the rows surfaced them in.
-    check.mismatched = {column: mismatched[column] for column, _, _ in spec if column in mismatched}
-    if table == SQUARE_PAYMENTS.name:
-        check.sum_differences = _payment_sums(list(expected.values()), rows)
+    check.mismatched = {column: mismatched[column] for column, _, _ in columns if column in mismatched}
+    if table.sum_columns:
+        check.sum_differences = _sum_differences(table, list(expected.values()), rows)
     return check
 
 
 _SumKey = tuple[str, str | None, str]
 
 
-def _sums(rows: Iterable[Sequence[Any]]) -> dict[_SumKey, Decimal]:
-    """Money sums keyed by (dimension, group, column), for both dimensions in one pass."""
-    names = [column for column, _, _ in COLUMNS[SQUARE_PAYMENTS.name]]
-    dimensions = [(dimension, names.index(dimension)) for dimension in _SUM_DIMENSIONS]
-    money = [(column, names.index(column)) for column in PAYMENT_SUM_COLUMNS]
+def _group(value: Any) -> str | None:
+    """A dimension's value as a group name: text as it is, a boolean as ``true`` or ``false``."""
+    if value is None:
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _sums(table: CheckedTable, rows: Iterable[Sequence[Any]]) -> dict[_SumKey, Decimal]:
+    """Money sums keyed by (dimension, group, column), for every dimension in one pass."""
+    names = [column for column, _, _ in table.columns]
+    dimensions = [(dimension, names.index(dimension)) for dimension in table.sum_dimensions]
+    money = [(column, names.index(column)) for column in table.sum_columns]
     totals: dict[_SumKey, Decimal] = defaultdict(Decimal)
     for row in rows:
         for column, index in money:
             value = row[index]
-            if value is None:
+            # NULL adds nothing; text that did not read as money is a column mismatch already.
+            if not isinstance(value, Decimal):
                 continue
-            amount = value if isinstance(value, Decimal) else Decimal(value)
             for dimension, group_index in dimensions:
-                totals[(dimension, row[group_index], column)] += amount
+                totals[(dimension, _group(row[group_index]), column)] += value
     return totals
 
 
-def _payment_sums(truth_rows: list[list[Any]], rows: list[list[Any]]) -> list[SumDifference]:
-    expected = _sums(truth_rows)
-    actual = _sums(rows)
+def _sum_differences(
+    table: CheckedTable, truth_rows: list[list[Any]], rows: list[list[Any]]
+) -> list[SumDifference]:
+    expected = _sums(table, truth_rows)
+    actual = _sums(table, rows)
     differences = []
     for dimension, group, column in sorted(
         expected.keys() | actual.keys(), key=lambda k: (k[0], str(k[1]), k[2])

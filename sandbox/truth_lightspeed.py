@@ -9,38 +9,36 @@ of the truth's cents, timestamps as instants to the microsecond, NULL only where
 plus the sum of ``calcTotal`` by ``completed`` to the cent. Like the Square check it is written
 independently of the sync code (it does not reuse the row converters in ``schemas/lightspeed.py``).
 
-It reuses the Square check's canonical values (:mod:`sandbox.truth_columns`) and findings
-(:mod:`sandbox.truth_report`); the reading and comparing there are tied to the Square tables, so the
-few lines that generalise them over a column list live here. :func:`expected_lightspeed_report` is
+Only what is Lightspeed's own lives here: its tables as the check compares them (their columns, keys in
+numeric order, the sale sums by ``completed``) and fetching its truth; reading, comparing and reporting
+are the Square check's (:func:`sandbox.truth_check.check_tables`). :func:`expected_lightspeed_report` is
 the revenue report the truth implies, over completed sales.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
-from google.api_core import exceptions as google_exceptions
 from google.cloud import bigquery
 
 from sandbox.truth import expected_report
-from sandbox.truth_columns import ColumnKind, shown, timestamp_text, truth_value
-from sandbox.truth_report import EXAMPLES, CheckReport, ColumnMismatch, Mismatch, SumDifference, TableCheck
-from sandbox.truth_warehouse import table_ref
+from sandbox.truth_check import check_tables
+from sandbox.truth_columns import CheckedColumn, CheckedTable
+from sandbox.truth_report import CheckReport
 from schemas.report import Report
-from schemas.tables import LIGHTSPEED_PRODUCTS, LIGHTSPEED_TRANSACTIONS, TableSpec
+from schemas.tables import LIGHTSPEED_PRODUCTS, LIGHTSPEED_TRANSACTIONS
 
 __all__ = [
     "LIGHTSPEED_COLUMNS",
     "LIGHTSPEED_TABLE_NAMES",
     "SALE_SUM_COLUMNS",
+    "CheckReport",
     "LightspeedTruth",
     "check_lightspeed_warehouse",
     "expected_lightspeed_report",
@@ -49,11 +47,9 @@ __all__ = [
 
 #: Tables the check covers, in report order.
 LIGHTSPEED_TABLE_NAMES = (LIGHTSPEED_TRANSACTIONS.name, LIGHTSPEED_PRODUCTS.name)
-#: Their definitions, by name.
-_SPECS: dict[str, TableSpec] = {spec.name: spec for spec in (LIGHTSPEED_TRANSACTIONS, LIGHTSPEED_PRODUCTS)}
 
 #: Per table: warehouse column -> (truth field, how to compare). The first column is the key.
-LIGHTSPEED_COLUMNS: dict[str, tuple[tuple[str, str, ColumnKind], ...]] = {
+LIGHTSPEED_COLUMNS: dict[str, tuple[CheckedColumn, ...]] = {
     LIGHTSPEED_TRANSACTIONS.name: (
         ("saleID", "sale_id", "int"),
         ("completed", "completed", "bool"),
@@ -88,15 +84,24 @@ LIGHTSPEED_COLUMNS: dict[str, tuple[tuple[str, str, ColumnKind], ...]] = {
 }
 #: Sale money columns whose sums by ``completed`` must match to the cent.
 SALE_SUM_COLUMNS = ("calcTotal",)
-#: The column the sale sums are grouped by.
-_SUM_DIMENSION = "completed"
 
-#: BigQuery's legacy type names, as the tables API may report them, and the standard ones.
-_TYPE_ALIASES = {"INTEGER": "INT64", "BOOLEAN": "BOOL", "FLOAT": "FLOAT64"}
-#: RFC 3339 UTC to the microsecond: TIMESTAMP's whole precision, in a form ``fromisoformat`` reads.
-_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%E6SZ"
 
-_Columns = Sequence[tuple[str, str, ColumnKind]]
+def _key_order(key: str) -> tuple[int, str]:
+    """Numeric ids in numeric order (``2`` before ``10``), anything else after them."""
+    return (int(key), "") if key.isdigit() else (1 << 62, key)
+
+
+#: The tables as the check compares them, in report order.
+_TABLES = (
+    CheckedTable(
+        LIGHTSPEED_TRANSACTIONS,
+        LIGHTSPEED_COLUMNS[LIGHTSPEED_TRANSACTIONS.name],
+        key_order=_key_order,
+        sum_columns=SALE_SUM_COLUMNS,
+        sum_dimensions=("completed",),
+    ),
+    CheckedTable(LIGHTSPEED_PRODUCTS, LIGHTSPEED_COLUMNS[LIGHTSPEED_PRODUCTS.name], key_order=_key_order),
+)
 
 
 @dataclass(frozen=True)
@@ -176,30 +181,14 @@ def check_lightspeed_warehouse(
         google.api_core.exceptions.GoogleAPICallError: if BigQuery fails for a reason other than a
             missing table (a missing table is reported as a difference instead).
     """
-    results: dict[str, TableCheck] = {}
-    for table in LIGHTSPEED_TABLE_NAMES:
-        columns = LIGHTSPEED_COLUMNS[table]
-        records = truth.records(table)
-        ref = table_ref(project, dataset, table)
-        try:
-            schema = client.get_table(ref.strip("`"), timeout=timeout_seconds).schema
-        except google_exceptions.NotFound as exc:
-            absent = TableCheck(table=table, expected_rows=len(records), error=f"not found: {exc.message}")
-            absent.missing = sorted((str(record[columns[0][1]]) for record in records), key=_key_order)
-            results[table] = absent
-            continue
-        differences = _schema_differences(_SPECS[table], columns, schema)
-        if differences.get(columns[0][0], "").startswith("missing"):
-            results[table] = TableCheck(
-                table=table, expected_rows=len(records), schema=differences, error="no key column"
-            )
-            continue
-        present = {field.name for field in schema}
-        rows = _read_rows(client, ref, present, columns, timeout_seconds)
-        check = _compare(table, columns, records, rows)
-        check.schema = differences
-        results[table] = check
-    return CheckReport(tables=results)
+    return check_tables(
+        client,
+        project=project,
+        dataset=dataset,
+        tables=_TABLES,
+        records=truth.records,
+        timeout_seconds=timeout_seconds,
+    )
 
 
 def expected_lightspeed_report(
@@ -234,145 +223,3 @@ def expected_lightspeed_report(
         for sale in truth_sales
     )
     return expected_report(as_payments, zone=zone, now=now)
-
-
-# -- reading the warehouse --------------------------------------------------------------------------
-
-
-def _select_expression(column: str, kind: ColumnKind) -> str:
-    # Every value goes out as a string in one JSON array per row (see sandbox.truth_warehouse); a
-    # string column is cast too, so a table that stores it as another type still reads.
-    quoted = f"`{column}`"
-    if kind == "timestamp":
-        return f"FORMAT_TIMESTAMP('{_TIMESTAMP_FORMAT}', {quoted}, 'UTC')"
-    return f"CAST({quoted} AS STRING)"
-
-
-def _warehouse_value(kind: ColumnKind, text: str | None) -> Any:
-    """A warehouse string in the canonical form of ``kind``; text that does not parse stays text."""
-    if text is None:
-        return None
-    try:
-        if kind == "timestamp":
-            return timestamp_text(text)
-        if kind == "cents":
-            return Decimal(text)
-        if kind == "int":
-            return int(text)
-    except (ValueError, InvalidOperation):
-        return text
-    if kind == "bool":
-        return {"true": True, "false": False}.get(text, text)
-    return text
-
-
-def _read_rows(
-    client: bigquery.Client, ref: str, present: Collection[str], columns: _Columns, timeout_seconds: float
-) -> list[list[Any]]:
-    """Every row of a table, one query, values in ``columns`` order and canonical form."""
-    # A column the table lacks reads as NULL, so the rest is still compared (and it shows as differing).
-    items = ", ".join(
-        _select_expression(column, kind) if column in present else "CAST(NULL AS STRING)"
-        for column, _, kind in columns
-    )
-    job = client.query(f"SELECT TO_JSON_STRING([{items}]) AS row_json FROM {ref}", timeout=timeout_seconds)
-    kinds = [kind for _, _, kind in columns]
-    return [
-        [_warehouse_value(kind, text) for kind, text in zip(kinds, orjson.loads(row[0]), strict=True)]
-        for row in job.result(timeout=timeout_seconds, page_size=100_000)
-    ]
-
-
-def _schema_differences(
-    spec: TableSpec, columns: _Columns, schema: Sequence[bigquery.SchemaField]
-) -> dict[str, str]:
-    """Checked columns whose type or mode differs from ``spec``, mapped to how they differ."""
-    actual = {f.name: (_TYPE_ALIASES.get(f.field_type, f.field_type), f.mode or "NULLABLE") for f in schema}
-    differences = {}
-    for column, _, _ in columns:
-        want = spec.column(column)
-        found = actual.get(column)
-        if found is None:
-            differences[column] = f"missing, expected {want.type} {want.mode}"
-        elif found[0] != want.type or (found[1] == "REPEATED") != (want.mode == "REPEATED"):
-            differences[column] = f"{found[0]} {found[1]}, expected {want.type} {want.mode}"
-    return differences
-
-
-# -- comparing --------------------------------------------------------------------------------------
-
-
-def _compare(
-    table: str, columns: _Columns, records: list[dict[str, Any]], rows: list[list[Any]]
-) -> TableCheck:
-    """Compare one table's canonical rows with its truth records (as ``truth_compare.compare_table``)."""
-    expected: dict[str, list[Any]] = {}
-    for record in records:
-        key = str(record[columns[0][1]])
-        if key in expected:
-            raise ValueError(f"the truth for {table} holds key {key!r} twice")
-        expected[key] = [truth_value(kind, record.get(field)) for _, field, kind in columns]
-
-    check = TableCheck(table=table, expected_rows=len(expected), warehouse_rows=len(rows))
-    copies = Counter(str(row[0]) for row in rows)
-    check.missing = sorted((key for key in expected if key not in copies), key=_key_order)
-    check.unexpected = sorted((key for key in copies if key not in expected), key=_key_order)
-    check.duplicates = {key: copies[key] for key in sorted(copies, key=_key_order) if copies[key] > 1}
-
-    mismatched: dict[str, ColumnMismatch] = {}
-    for row in rows:
-        key = str(row[0])
-        truth = expected.get(key)
-        if truth is None:
-            continue
-        # The key itself matched already; its type is the schema check's business.
-        for index, (column, _, kind) in enumerate(columns[1:], start=1):
-            want, actual = truth[index], row[index]
-            # Same type as well as equal: True == 1 must not pass for a BOOL column, nor 0 for NULL.
-            if want == actual and type(want) is type(actual):
-                continue
-            found = mismatched.setdefault(column, ColumnMismatch(column))
-            found.count += 1
-            if len(found.examples) < EXAMPLES:
-                found.examples.append(Mismatch(key, shown(kind, want), shown(kind, actual)))
-    check.mismatched = {column: mismatched[column] for column, _, _ in columns if column in mismatched}
-    if table == LIGHTSPEED_TRANSACTIONS.name:
-        check.sum_differences = _sum_differences(columns, list(expected.values()), rows)
-    return check
-
-
-def _key_order(key: str) -> tuple[int, str]:
-    """Numeric ids in numeric order (``2`` before ``10``), anything else after them."""
-    return (int(key), "") if key.isdigit() else (1 << 62, key)
-
-
-def _group(value: Any) -> str | None:
-    """A ``completed`` value as a group name: ``true``, ``false``, or the odd value as text."""
-    if value is None:
-        return None
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _sums(columns: _Columns, rows: Iterable[Sequence[Any]]) -> dict[tuple[str | None, str], Decimal]:
-    names = [column for column, _, _ in columns]
-    group_index = names.index(_SUM_DIMENSION)
-    money = [(column, names.index(column)) for column in SALE_SUM_COLUMNS]
-    totals: dict[tuple[str | None, str], Decimal] = defaultdict(Decimal)
-    for row in rows:
-        for column, index in money:
-            if isinstance(row[index], Decimal):
-                totals[(_group(row[group_index]), column)] += row[index]
-    return totals
-
-
-def _sum_differences(
-    columns: _Columns, truth_rows: list[list[Any]], rows: list[list[Any]]
-) -> list[SumDifference]:
-    expected, actual = _sums(columns, truth_rows), _sums(columns, rows)
-    differences = []
-    for group, column in sorted(expected.keys() | actual.keys(), key=lambda k: (str(k[0]), k[1])):
-        want = expected.get((group, column), Decimal(0))
-        got = actual.get((group, column), Decimal(0))
-        if want != got:
-            differences.append(SumDifference(_SUM_DIMENSION, group, column, want, got))
-    return differences
