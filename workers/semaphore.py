@@ -164,7 +164,8 @@ class TableSemaphore:
             connection pool makes it thread-safe).
         permits: permits per table (2 matches BigQuery's concurrent mutating DML per table).
         lease_seconds: a holder's permit frees itself this long after its last renewal; holders
-            renew every third of it while alive.
+            renew every third of it while alive. Short, like the worker heartbeat timeout: a killed
+            worker's permit must come back well before waiters give up (``PermitTimeout``, 120 s).
         namespace: key prefix.
 
     Raises:
@@ -176,7 +177,7 @@ class TableSemaphore:
         redis: redis.Redis,
         *,
         permits: int,
-        lease_seconds: float = 300,
+        lease_seconds: float = 45,
         namespace: str = "possync",
     ) -> None:
         if permits < 1:

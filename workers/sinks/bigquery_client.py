@@ -108,11 +108,18 @@ def make_bigquery_client(settings: Settings) -> bigquery.Client:
     )
 
 
+#: How a write-write conflict between concurrent transactions reads: BigQuery says "Could not
+#: serialize access to table ... due to concurrent update"; the local emulator (DuckLake) says
+#: "Failed to commit DuckLake transaction" when two processes create or change tables at once.
+#: Either way the transaction lost a race and a retry succeeds.
+_CONFLICT_PHRASES = ("concurrent update", "failed to commit ducklake transaction")
+
+
 def translate_error(exc: BaseException, *, action: str, job_id: str | None = None) -> WorkerError:
     """The worker error for a google/transport exception (the caller raises it ``from exc``).
 
-    Retryable: 5xx, 408, 429, 403 with ``rateLimitExceeded``/``quotaExceeded``, concurrent-update
-    conflicts, connection errors and timeouts. Everything else 4xx is a rejection.
+    Retryable: 5xx, 408, 429, 403 with ``rateLimitExceeded``/``quotaExceeded``, transaction
+    conflicts (:data:`_CONFLICT_PHRASES`), connection errors and timeouts. Everything else 4xx is a rejection.
 
     Args:
         exc: the exception raised by the client.
@@ -129,7 +136,7 @@ def translate_error(exc: BaseException, *, action: str, job_id: str | None = Non
             or code >= 500
             or code in (408, 429)
             or bool(reasons & _RETRYABLE_REASONS)
-            or "concurrent update" in detail.lower()
+            or any(conflict in detail.lower() for conflict in _CONFLICT_PHRASES)
         )
         kind = WarehouseUnavailable if retryable else WarehouseRejected
         return kind(message, system="bigquery", status_code=code, request_id=job_id)

@@ -531,6 +531,7 @@ def test_an_unreachable_warehouse_is_retryable(redis_client: redis.Redis, unused
             google_exceptions.BadRequest("Could not serialize access to table t due to concurrent update"),
             True,
         ),
+        (google_exceptions.BadRequest("Failed to commit: Failed to commit DuckLake transaction."), True),
         (google_exceptions.BadRequest("Syntax error", errors=[{"reason": "invalidQuery"}]), False),
         (google_exceptions.NotFound("Not found: Table"), False),
         (TimeoutError("job still running"), True),
