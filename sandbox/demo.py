@@ -32,6 +32,8 @@ DEMO_PROJECT = "possync-demo"
 DEMO_DATASET = "commerce"
 #: Payments history the sandbox generates, with a margin: the backfill starts this far back.
 HISTORY_DAYS = 2 * 365 + 30
+#: Lightspeed sales history the sandbox generates (one year), with a margin.
+LIGHTSPEED_HISTORY_DAYS = 365 + 35
 #: The demo's Lightspeed bucket: the documented size, a faster drip than a one-register account's
 #: 1/s so the demo stays short (pacing follows the headers, whatever they say).
 LIGHTSPEED_BUCKET_SIZE = 90
@@ -254,9 +256,9 @@ def _backfill_with_progress(
     # One request, two backfills: --wait-style progress follows both.
     request_id = new_request_id("backfill")
     backfill_ids = []
-    for source, url, window_days in (
-        ("square", square_url, settings.backfill_window_days),
-        ("lightspeed", lightspeed_url, settings.lightspeed_backfill_window_days),
+    for source, url, window_days, history_days in (
+        ("square", square_url, settings.backfill_window_days, HISTORY_DAYS),
+        ("lightspeed", lightspeed_url, settings.lightspeed_backfill_window_days, LIGHTSPEED_HISTORY_DAYS),
     ):
         now = _sandbox_now(url)
         backfill_id = f"{request_id}-{source}"
@@ -264,7 +266,7 @@ def _backfill_with_progress(
             request_id=request_id,
             backfill_id=backfill_id,
             source=source,
-            since=now - timedelta(days=HISTORY_DAYS),
+            since=now - timedelta(days=history_days),
             until=now + timedelta(minutes=1),
             window_days=window_days,
         )
@@ -273,7 +275,7 @@ def _backfill_with_progress(
     progress_line = _Progress(sys.stderr)
     started = time.monotonic()
 
-    def show(progress: Any) -> None:
+    def show(progress: Any, *, final: bool = False) -> None:
         if workers.poll() is not None:
             raise RuntimeError(f"the worker pool exited with status {workers.returncode}")
         done = total = 0
@@ -286,11 +288,12 @@ def _backfill_with_progress(
         progress_line.show(
             f"backfill [{'#' * filled}{'.' * (width - filled)}] windows {done}/{total}  "
             f"messages {progress.done + progress.dead}/{progress.total}  "
-            f"dead {progress.dead}  {time.monotonic() - started:5.1f} s"
+            f"dead {progress.dead}  {time.monotonic() - started:5.1f} s",
+            force=final,
         )
 
     final = wait_for_request(client, request_id, on_progress=show, poll_seconds=0.5)
-    show(final)
+    show(final, final=True)
     progress_line.done()
     if final.dead:
         for letter in dead_letters(client, QUEUES):
