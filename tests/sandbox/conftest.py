@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox.process import SandboxProcess, start_square_sandbox
+from sandbox.process import SandboxProcess, start_lightspeed_sandbox, start_square_sandbox
 
 #: The fixed clock start: every test sees the same data for the same seed.
 ANCHOR = "2026-03-15T12:00:00+00:00"
@@ -115,3 +115,34 @@ def make_square() -> Iterator[Callable[..., SandboxProcess]]:
     yield make
     for sandbox in started:
         sandbox.stop()
+
+
+#: A small Lightspeed dataset: the sandbox starts in a fraction of a second.
+LIGHTSPEED_SMALL: dict[str, Any] = {
+    "sales": 700,
+    "items": 60,
+    "seed": 5,
+    "anchor": "2026-03-15T12:00:00+00:00",
+}
+
+
+@pytest.fixture
+def make_lightspeed() -> Iterator[Callable[..., SandboxProcess]]:
+    """Factory: ``make_lightspeed(**options)`` starts a private small Lightspeed sandbox, stopped after
+    the test."""
+    started: list[SandboxProcess] = []
+
+    def make(**options: Any) -> SandboxProcess:
+        sandbox = start_lightspeed_sandbox(**{**LIGHTSPEED_SMALL, **options})
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in started:
+        sandbox.stop()
+
+
+def lightspeed_client_for(sandbox: SandboxProcess, token: str | None = None) -> httpx.Client:
+    """An httpx client for a Lightspeed sandbox sending a bearer token (the start-up one by default)."""
+    headers = {"Authorization": f"Bearer {token or sandbox.token}"}
+    return httpx.Client(base_url=sandbox.base_url, headers=headers, timeout=30.0)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from sandbox.process import SandboxProcess, start_lightspeed_sandbox
+from tests.sandbox.conftest import LIGHTSPEED_SMALL, lightspeed_client_for
 
 #: A small dataset with a fixed clock: the same seed always gives the same data.
-SMALL: dict[str, Any] = {"sales": 700, "items": 60, "seed": 5, "anchor": "2026-03-15T12:00:00+00:00"}
 ACCOUNT = 123456
 SALES = f"/API/V3/Account/{ACCOUNT}/Sale.json"
 ITEMS = f"/API/V3/Account/{ACCOUNT}/Item.json"
@@ -22,29 +22,8 @@ CLIENT = {"client_id": "sandbox-client", "client_secret": "sandbox-secret"}
 @pytest.fixture(scope="module")
 def lightspeed() -> Iterator[SandboxProcess]:
     """A shared small sandbox nobody changes (a bucket big enough never to limit the reads)."""
-    with start_lightspeed_sandbox(**SMALL, bucket_size=100_000, drip_rate=1000) as sandbox:
+    with start_lightspeed_sandbox(**LIGHTSPEED_SMALL, bucket_size=100_000, drip_rate=1000) as sandbox:
         yield sandbox
-
-
-@pytest.fixture
-def make_lightspeed() -> Iterator[Callable[..., SandboxProcess]]:
-    """Factory: ``make_lightspeed(**options)`` starts a private small sandbox, stopped after the test."""
-    started: list[SandboxProcess] = []
-
-    def make(**options: Any) -> SandboxProcess:
-        sandbox = start_lightspeed_sandbox(**{**SMALL, **options})
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
-
-
-def client_for(sandbox: SandboxProcess, token: str | None = None) -> httpx.Client:
-    """An httpx client sending a bearer token (the start-up one by default)."""
-    headers = {"Authorization": f"Bearer {token or sandbox.token}"}
-    return httpx.Client(base_url=sandbox.base_url, headers=headers, timeout=30.0)
 
 
 def read_all(client: httpx.Client, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
@@ -98,7 +77,7 @@ def _strings_only(value: Any) -> bool:
 
 def test_envelope_holds_string_scalars_and_cursor_urls(lightspeed: SandboxProcess) -> None:
     # When the first page of sales and of items (with Prices) is read
-    with client_for(lightspeed) as client:
+    with lightspeed_client_for(lightspeed) as client:
         sales = client.get(SALES, params={"limit": 3}).json()
         items = client.get(ITEMS, params={"limit": 2, "load_relations": '["Prices"]'}).json()
 
@@ -129,7 +108,7 @@ def test_paging_to_the_end_equals_the_truth(lightspeed: SandboxProcess) -> None:
     truth_items = {row["item_id"]: row for row in lightspeed.admin.truth("items")}
 
     # When every sale and item is read page by page (default limit, and a small one)
-    with client_for(lightspeed) as client:
+    with lightspeed_client_for(lightspeed) as client:
         sales = read_all(client, SALES, "Sale")
         small_pages = read_all(client, SALES, "Sale", limit=7, sort="-updatetime")
         items = read_all(client, ITEMS, "Item", limit=9, sort="description")
@@ -155,7 +134,7 @@ def test_paging_to_the_end_equals_the_truth(lightspeed: SandboxProcess) -> None:
 
 
 def test_previous_goes_back_to_the_page_before(lightspeed: SandboxProcess) -> None:
-    with client_for(lightspeed) as client:
+    with lightspeed_client_for(lightspeed) as client:
         # Given the first two pages
         first = client.get(SALES, params={"limit": 5}).json()
         second = client.get(first["@attributes"]["next"]).json()
@@ -175,7 +154,7 @@ def test_filters_with_operators_match_the_truth(lightspeed: SandboxProcess) -> N
     low, high = times[len(times) // 3], times[2 * len(times) // 3]
 
     def ids(**params: Any) -> list[int]:
-        with client_for(lightspeed) as client:
+        with lightspeed_client_for(lightspeed) as client:
             return sorted(int(s["saleID"]) for s in read_all(client, SALES, "Sale", **params))
 
     def expected(keep: Callable[[dict[str, Any]], bool]) -> list[int]:
@@ -196,7 +175,7 @@ def test_filters_with_operators_match_the_truth(lightspeed: SandboxProcess) -> N
     # And items filter on timeStamp
     item_rows = lightspeed.admin.truth("items")
     stamp = sorted(row["time_stamp"] for row in item_rows)[len(item_rows) // 2]
-    with client_for(lightspeed) as client:
+    with lightspeed_client_for(lightspeed) as client:
         items = read_all(client, ITEMS, "Item", timeStamp=f">=,{stamp}")
     assert sorted(int(i["itemID"]) for i in items) == sorted(
         row["item_id"] for row in item_rows if row["time_stamp"] >= stamp
@@ -205,7 +184,7 @@ def test_filters_with_operators_match_the_truth(lightspeed: SandboxProcess) -> N
 
 def test_unknown_sort_field_and_bad_limit_are_400(lightspeed: SandboxProcess) -> None:
     # When an unsortable field and an out-of-range limit are asked for
-    with client_for(lightspeed) as client:
+    with lightspeed_client_for(lightspeed) as client:
         bad_sort = client.get(SALES, params={"sort": "calcTotal"})
         bad_limit = client.get(ITEMS, params={"limit": 101})
 
@@ -225,7 +204,7 @@ def test_bucket_headers_and_429_with_retry_after(make_lightspeed: Callable[..., 
     sandbox = make_lightspeed(bucket_size=5, drip_rate=0.1)
 
     # When it is hammered
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         responses = [client.get(SALES, params={"limit": 1}) for _ in range(12)]
 
     # Then every answer carries the bucket headers
@@ -244,7 +223,7 @@ def test_bucket_headers_and_429_with_retry_after(make_lightspeed: Callable[..., 
 
     # And once the clock has moved on, requests pass again
     advance(sandbox, 60)
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         assert client.get(SALES, params={"limit": 1}).status_code == 200
 
 
@@ -256,7 +235,7 @@ def test_expired_token_is_401_and_a_refreshed_one_works(
 ) -> None:
     # Given a sandbox whose access tokens live 60 seconds
     sandbox = make_lightspeed(access_token_lifetime_seconds=60)
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         assert client.get(SALES, params={"limit": 1}).status_code == 200
 
         # When the clock passes the token's lifetime
@@ -275,9 +254,9 @@ def test_expired_token_is_401_and_a_refreshed_one_works(
     body = answer.json()
     assert set(body) >= {"access_token", "expires_in", "token_type", "scope", "refresh_token"}
     assert (body["token_type"], body["expires_in"]) == ("bearer", 60)
-    with client_for(sandbox, body["access_token"]) as client:
+    with lightspeed_client_for(sandbox, body["access_token"]) as client:
         assert client.get(SALES, params={"limit": 1}).status_code == 200
-    with client_for(sandbox, "not-a-token") as client:
+    with lightspeed_client_for(sandbox, "not-a-token") as client:
         assert client.get(SALES, params={"limit": 1}).status_code == 401
     assert sandbox.admin.stats()["refreshes"] == 1
 
@@ -331,10 +310,10 @@ def test_clock_advance_creates_and_changes_sales(make_lightspeed: Callable[..., 
     result = advance(sandbox, 900, new_sales=4, changed_sales=3)
 
     # Then exactly those sales have an updatetime after the start
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         recent = read_all(client, SALES, "Sale", updatetime=f">,{start}")
     assert sorted(int(s["saleID"]) for s in recent) == sorted(result["created"] + result["changed"])
-    assert len(sandbox.admin.truth("sales")) == SMALL["sales"] + 4
+    assert len(sandbox.admin.truth("sales")) == LIGHTSPEED_SMALL["sales"] + 4
 
 
 def test_rate_500_fault(make_lightspeed: Callable[..., SandboxProcess]) -> None:
@@ -343,7 +322,7 @@ def test_rate_500_fault(make_lightspeed: Callable[..., SandboxProcess]) -> None:
     sandbox.admin.set_faults(rate_500=1.0)
 
     # Then the API answers 500 in Lightspeed's error shape
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         response = client.get(SALES)
     assert response.status_code == 500
     assert response.json()["httpCode"] == "500"
@@ -360,7 +339,7 @@ def test_same_seed_same_data(
     assert twin.admin.truth("sales") == lightspeed.admin.truth("sales")
     assert twin.admin.truth("items") == lightspeed.admin.truth("items")
     assert other.admin.truth("sales") != lightspeed.admin.truth("sales")
-    with client_for(twin) as a, client_for(lightspeed) as b:
+    with lightspeed_client_for(twin) as a, lightspeed_client_for(lightspeed) as b:
         assert (
             a.get(SALES, params={"limit": 50}).json()["Sale"]
             == b.get(SALES, params={"limit": 50}).json()["Sale"]

@@ -7,18 +7,17 @@ process driven by clients whose pace is known.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from sandbox.lightspeed_admin import LightspeedMeasurements
-from sandbox.process import SandboxProcess, start_lightspeed_sandbox
+from sandbox.process import SandboxProcess
 from tests.polling import wait_until
+from tests.sandbox.conftest import lightspeed_client_for
 
-#: A small dataset: the sandbox starts in a fraction of a second.
-SMALL: dict[str, Any] = {"sales": 200, "items": 20, "seed": 5, "anchor": "2026-03-15T12:00:00+00:00"}
 SALES = "/API/V3/Account/123456/Sale.json"
 REFRESH_FORM = {
     "grant_type": "refresh_token",
@@ -28,26 +27,6 @@ REFRESH_FORM = {
 }
 #: Keys every ``pacing.after_first_bucket`` has.
 AFTER_KEYS = {"requests", "drips", "seconds", "drips_per_second", "requests_per_second", "ratio_to_drip_rate"}
-
-
-@pytest.fixture
-def make_lightspeed() -> Iterator[Callable[..., SandboxProcess]]:
-    """Factory: ``make_lightspeed(**options)`` starts a private small sandbox, stopped after the test."""
-    started: list[SandboxProcess] = []
-
-    def make(**options: Any) -> SandboxProcess:
-        sandbox = start_lightspeed_sandbox(**{**SMALL, **options})
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        sandbox.stop()
-
-
-def client_for(sandbox: SandboxProcess, token: str | None = None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token or sandbox.token}"}
-    return httpx.Client(base_url=sandbox.base_url, headers=headers, timeout=10.0)
 
 
 def stats(sandbox: SandboxProcess) -> dict[str, Any]:
@@ -167,7 +146,7 @@ def test_a_client_pacing_below_the_drip_rate_is_measured_at_its_pace(
     sandbox = make_lightspeed(bucket_size=5, drip_rate=20)
 
     # When a client sends 41 one-drip requests at 18 per second (90 % of the drip rate)
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         statuses, sent = paced_requests(client, 41, per_second=18)
 
     # Then none was limited, and after the first 5 (the first bucket) the sandbox measured 36
@@ -193,7 +172,7 @@ def test_a_client_pacing_below_the_drip_rate_is_measured_at_its_pace(
 def test_429s_count_only_after_the_first_second(make_lightspeed: Callable[..., SandboxProcess]) -> None:
     # Given a bucket of 3 drips draining 1 per second, and a burst filling it in the first second
     sandbox = make_lightspeed(bucket_size=3, drip_rate=1)
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         first_burst = [client.get(SALES, params={"limit": 1}).status_code for _ in range(6)]
         assert 429 in first_burst
         assert stats(sandbox)["pacing"]["rate_limited_after_first_second"] == 0
@@ -249,7 +228,7 @@ def test_one_refresh_per_expiry_is_never_early(make_lightspeed: Callable[..., Sa
 
     # When the token is refreshed again only once it is refused
     def expired() -> bool:
-        with client_for(sandbox, token) as client:
+        with lightspeed_client_for(sandbox, token) as client:
             return client.get(SALES, params={"limit": 1}).status_code == 401
 
     wait_until(expired, timeout_seconds=5, message="the 1-second access token expired")
@@ -266,9 +245,9 @@ def test_reset_clears_counts_and_logs_but_not_data_tokens_or_bucket(
 ) -> None:
     # Given requests (three answered 200, one 401) and a refresh, on a bucket that drains slowly
     sandbox = make_lightspeed(bucket_size=50, drip_rate=0.1)
-    with client_for(sandbox) as client:
+    with lightspeed_client_for(sandbox) as client:
         assert [client.get(SALES, params={"limit": 1}).status_code for _ in range(3)] == [200] * 3
-    with client_for(sandbox, "not-a-token") as stranger:
+    with lightspeed_client_for(sandbox, "not-a-token") as stranger:
         assert stranger.get(SALES).status_code == 401
     refreshed = refresh(sandbox).json()["access_token"]
     before = stats(sandbox)
@@ -291,7 +270,7 @@ def test_reset_clears_counts_and_logs_but_not_data_tokens_or_bucket(
     # And the data, both tokens and the bucket's level are as they were
     assert sandbox.admin.info()["counts"] == counts
     for token in (None, refreshed):
-        with client_for(sandbox, token) as client:
+        with lightspeed_client_for(sandbox, token) as client:
             response = client.get(SALES, params={"limit": 1})
             assert response.status_code == 200
     level = float(response.headers["X-LS-API-Bucket-Level"].split("/")[0])
