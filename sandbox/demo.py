@@ -318,29 +318,32 @@ def _report_and_check(settings: Settings, square_url: str, lightspeed_url: str) 
     now = datetime.now(UTC)
     report = build_report(client, project=project, dataset=dataset, zone=settings.zone(), now=now)
     print(report.model_dump_json(by_alias=True, indent=2))
-    ok = True
     _say("checking the warehouse against the Square sandbox's ground truth, row by row ...")
     truth = fetch_truth(square_url)
-    check = check_warehouse(client, project=project, dataset=dataset, truth=truth)
-    _say(check.summary())
-    ok = ok and check.ok
-    expected = expected_report(truth.payments, zone=settings.zone(), now=now)
-    if _figures(expected) != _figures(report):
-        _say(f"Square report differs from the truth: expected {expected.model_dump_json(by_alias=True)}")
-        ok = False
+    square_ok = _verdict(
+        "Square",
+        check_warehouse(client, project=project, dataset=dataset, truth=truth),
+        expected=_figures(expected_report(truth.payments, zone=settings.zone(), now=now)),
+        actual=_figures(report),
+    )
     _say("checking the warehouse against the Lightspeed sandbox's ground truth, row by row ...")
     ls_truth = fetch_lightspeed_truth(lightspeed_url)
-    ls_check = check_lightspeed_warehouse(client, project=project, dataset=dataset, truth=ls_truth)
-    _say(ls_check.summary())
-    ok = ok and ls_check.ok
-    ls_expected = expected_lightspeed_report(ls_truth.sales, zone=settings.zone(), now=now)
-    if _figures(ls_expected) != report.lightspeed:
-        _say(
-            "Lightspeed report differs from the truth: expected "
-            f"{ls_expected.model_dump_json(by_alias=True, exclude={'lightspeed'})}"
-        )
-        ok = False
-    return 0 if ok else 1
+    lightspeed_ok = _verdict(
+        "Lightspeed",
+        check_lightspeed_warehouse(client, project=project, dataset=dataset, truth=ls_truth),
+        expected=_figures(expected_lightspeed_report(ls_truth.sales, zone=settings.zone(), now=now)),
+        actual=report.lightspeed,
+    )
+    return 0 if square_ok and lightspeed_ok else 1
+
+
+def _verdict(source: str, check: Any, *, expected: Figures, actual: Figures | None) -> bool:
+    """Print one source's table check and compare its report figures; whether both hold."""
+    _say(check.summary())
+    if expected != actual:
+        _say(f"{source} report differs from the truth: expected {expected.model_dump_json(by_alias=True)}")
+        return False
+    return bool(check.ok)
 
 
 def _figures(report: Report) -> Figures:

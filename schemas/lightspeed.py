@@ -191,43 +191,13 @@ class ProductRow(_Row):
 
 
 def transaction_row(sale: LightspeedSale, *, synced_at: datetime, message_id: str | None) -> TransactionRow:
-    """The warehouse row of one sale."""
-    return TransactionRow(
-        sale_id=sale.sale_id,
-        completed=sale.completed,
-        calc_subtotal=sale.calc_subtotal,
-        calc_discount=sale.calc_discount,
-        calc_tax1=sale.calc_tax1,
-        calc_tax2=sale.calc_tax2,
-        calc_total=sale.calc_total,
-        customer_id=sale.customer_id,
-        employee_id=sale.employee_id,
-        shop_id=sale.shop_id,
-        register_id=sale.register_id,
-        archived=sale.archived,
-        voided=sale.voided,
-        create_time=sale.create_time,
-        updatetime=sale.updatetime,
-        complete_time=sale.complete_time,
-        synced_at=synced_at,
-        message_id=message_id,
-    )
+    """The warehouse row of one sale (the row has the sale's fields, by the same names)."""
+    return TransactionRow(**sale.model_dump(), synced_at=synced_at, message_id=message_id)
 
 
 def product_row(item: LightspeedItem, *, synced_at: datetime, message_id: str | None) -> ProductRow:
-    """The warehouse row of one item, priced by its ``Default`` ItemPrice."""
-    return ProductRow(
-        item_id=item.item_id,
-        description=item.description,
-        default_cost=item.default_cost,
-        avg_cost=item.avg_cost,
-        category_id=item.category_id,
-        manufacturer_sku=item.manufacturer_sku or None,
-        system_sku=item.system_sku or None,
-        price=item.default_price(),
-        archived=item.archived,
-        create_time=item.create_time,
-        time_stamp=item.time_stamp,
-        synced_at=synced_at,
-        message_id=message_id,
-    )
+    """The warehouse row of one item, priced by its ``Default`` ItemPrice; empty SKUs become NULL."""
+    fields = item.model_dump(exclude={"prices"})
+    fields["manufacturer_sku"] = item.manufacturer_sku or None
+    fields["system_sku"] = item.system_sku or None
+    return ProductRow(**fields, price=item.default_price(), synced_at=synced_at, message_id=message_id)

@@ -57,14 +57,14 @@ _BIGQUERY_ERRORS = (
 @dataclass(frozen=True)
 class FiguresSource:
     """Where one source's figures come from: table, time, revenue and customer columns, and which
-    rows are completed transactions (a condition over trusted literals and ``@completed``)."""
+    rows are completed transactions (``completed_column`` equals ``completed_value``)."""
 
     table: TableSpec
     time_column: str
     revenue_column: str
     customer_column: str
-    completed_condition: str
-    completed_parameter: bigquery.ScalarQueryParameter | None
+    completed_column: str
+    completed_value: str | bool
 
 
 SQUARE_FIGURES = FiguresSource(
@@ -72,16 +72,16 @@ SQUARE_FIGURES = FiguresSource(
     time_column="created_at",
     revenue_column="amount",
     customer_column="customer_id",
-    completed_condition="status = @completed",
-    completed_parameter=bigquery.ScalarQueryParameter("completed", "STRING", COMPLETED),
+    completed_column="status",
+    completed_value=COMPLETED,
 )
 LIGHTSPEED_FIGURES = FiguresSource(
     table=LIGHTSPEED_TRANSACTIONS,
     time_column="createTime",
     revenue_column="calcTotal",
     customer_column="customerID",
-    completed_condition="completed = @completed",
-    completed_parameter=bigquery.ScalarQueryParameter("completed", "BOOL", True),
+    completed_column="completed",
+    completed_value=True,
 )
 
 #: Names of the periods, in the order they appear in the query and the report.
@@ -169,9 +169,15 @@ def report_query(
         ValueError: for an invalid project or dataset id, or a naive ``now``.
     """
     periods = report_periods(now, zone)
-    at, revenue, customer = (
+    # Looked up in the table spec, so only its (validated) column names reach the SQL text.
+    at, revenue, customer, completed = (
         f"`{source.table.column(name).name}`"
-        for name in (source.time_column, source.revenue_column, source.customer_column)
+        for name in (
+            source.time_column,
+            source.revenue_column,
+            source.customer_column,
+            source.completed_column,
+        )
     )
     sums = ",\n  ".join(
         f"SUM(CASE WHEN {at} >= @{p.name}_start AND {at} < @{p.name}_end THEN {revenue} END)"
@@ -184,9 +190,10 @@ def report_query(
         "  COUNT(*) AS total_transactions,\n"
         f"  COUNT(DISTINCT {customer}) AS total_customers\n"
         f"FROM {_table_ref(project, dataset, source.table.name)}\n"
-        f"WHERE {source.completed_condition}"
+        f"WHERE {completed} = @completed"
     )
-    parameters = [source.completed_parameter] if source.completed_parameter is not None else []
+    completed_type = source.table.column(source.completed_column).type
+    parameters = [bigquery.ScalarQueryParameter("completed", completed_type, source.completed_value)]
     for period in periods:
         parameters.append(bigquery.ScalarQueryParameter(f"{period.name}_start", "TIMESTAMP", period.start))
         parameters.append(bigquery.ScalarQueryParameter(f"{period.name}_end", "TIMESTAMP", period.end))

@@ -262,13 +262,11 @@ def plan_backfill(
         The windows, in plan order (see each source's ``plan_windows``).
 
     Raises:
-        InvalidPayload: if ``until`` is not after ``since``, or the request is for another source.
+        InvalidPayload: if ``until`` is not after ``since``.
         WorkerError: from the source (Square's ListLocations).
     """
     if request.until <= request.since:
         raise InvalidPayload(f"backfill {request.backfill_id}: until must be after since")
-    if request.source != source.name:
-        raise InvalidPayload(f"backfill {request.backfill_id} is for {request.source}, not {source.name}")
     windows, made_from = source.plan_windows(request)
     meta = {
         "request_id": request.request_id,
@@ -311,8 +309,6 @@ def run_window(
     """
     clock = time.monotonic()
     try:
-        if window.source != source.name:
-            raise InvalidPayload(f"window {window.window_id} is for {window.source}, not {source.name}")
         result = _load(
             source.window_pages(window),
             source=source,
