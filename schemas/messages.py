@@ -21,7 +21,6 @@ __all__ = [
     "PLAN_SQUARE_BACKFILL",
     "QUEUES",
     "ROUTES",
-    "SOURCE_QUEUES",
     "SOURCE_STREAMS",
     "SQUARE_QUEUE",
     "SYNC_LIGHTSPEED_STREAM",
@@ -45,8 +44,6 @@ SOURCE_STREAMS: dict[str, tuple[str, ...]] = {
     "square": ("payments", "items", "customers"),
     "lightspeed": ("sales", "items"),
 }
-#: The queue each source's messages travel on (one worker pool per source).
-SOURCE_QUEUES: dict[str, str] = {"square": SQUARE_QUEUE, "lightspeed": LIGHTSPEED_QUEUE}
 #: Every queue possync uses.
 QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE)
 
