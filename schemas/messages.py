@@ -9,14 +9,16 @@ upgrade never feeds a worker a shape it would misread, and ``request_id`` so tha
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "BACKFILL_LIGHTSPEED_WINDOW",
     "BACKFILL_SQUARE_WINDOW",
+    "HANDLE_NOTION_EVENT",
     "LIGHTSPEED_QUEUE",
+    "NOTION_QUEUE",
     "PLAN_LIGHTSPEED_BACKFILL",
     "PLAN_SQUARE_BACKFILL",
     "QUEUES",
@@ -25,17 +27,21 @@ __all__ = [
     "SQUARE_QUEUE",
     "SYNC_LIGHTSPEED_STREAM",
     "SYNC_SQUARE_STREAM",
+    "UPSERT_SQUARE_RECORD",
     "BackfillRequest",
     "BackfillWindow",
     "Payload",
+    "RecordUpsert",
     "Route",
     "Source",
     "SyncRequest",
+    "WebhookEvent",
     "routes_for",
 ]
 
 SQUARE_QUEUE = "square"
 LIGHTSPEED_QUEUE = "lightspeed"
+NOTION_QUEUE = "notion"
 
 Source = Literal["square", "lightspeed"]
 
@@ -45,7 +51,7 @@ SOURCE_STREAMS: dict[str, tuple[str, ...]] = {
     "lightspeed": ("sales", "items"),
 }
 #: Every queue possync uses.
-QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE)
+QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE, NOTION_QUEUE)
 
 
 def _check_streams(source: str, streams: tuple[str, ...]) -> None:
@@ -120,6 +126,42 @@ class BackfillWindow(Payload):
         return self
 
 
+class RecordUpsert(Payload):
+    """Upsert one Square record a webhook named, fetched by id so the warehouse gets its latest state.
+
+    Never coalesced with the stream's sync: it runs beside it, and the MERGE's newer-version rule
+    keeps both consistent. A ``deleted_at`` marks the record deleted instead of fetching it (Square
+    no longer serves a deleted customer); ``record`` is the object the event carried, if any, kept
+    as the deleted row's last known state.
+    """
+
+    source: Literal["square"] = "square"
+    kind: Literal["payment", "customer"]
+    record_id: str = Field(min_length=1, max_length=255)
+    #: The webhook event that asked for it (Square's ``event_id``), for the logs.
+    event_id: str | None = Field(default=None, max_length=255)
+    deleted_at: AwareDatetime | None = None
+    record: dict[str, Any] | None = None
+
+
+class WebhookEvent(Payload):
+    """A verified Notion webhook event, as received.
+
+    ``raw`` is the request body exactly as signed (UTF-8 JSON); the other fields are read from it
+    by the receiver, so a worker need not parse it to route the event.
+    """
+
+    provider: Literal["notion"] = "notion"
+    event_id: str = Field(min_length=1, max_length=255)
+    event_type: str = Field(min_length=1, max_length=255)
+    entity_id: str | None = Field(default=None, max_length=255)
+    entity_type: str | None = Field(default=None, max_length=255)
+    timestamp: AwareDatetime
+    received_at: AwareDatetime
+    attempt_number: int | None = None
+    raw: str = Field(min_length=2)
+
+
 P = TypeVar("P", bound=Payload)
 
 
@@ -153,6 +195,14 @@ BACKFILL_LIGHTSPEED_WINDOW: Route[BackfillWindow] = Route(
 )
 
 
+UPSERT_SQUARE_RECORD: Route[RecordUpsert] = Route(
+    queue=SQUARE_QUEUE, actor="upsert_square_record", payload=RecordUpsert
+)
+HANDLE_NOTION_EVENT: Route[WebhookEvent] = Route(
+    queue=NOTION_QUEUE, actor="handle_notion_event", payload=WebhookEvent
+)
+
+
 class SourceRoutes(BaseModel):
     """The three routes of one source."""
 
@@ -180,9 +230,21 @@ def routes_for(source: str) -> SourceRoutes:
     return _SOURCE_ROUTES[source]
 
 
+AnyRoute = (
+    Route[SyncRequest]
+    | Route[BackfillRequest]
+    | Route[BackfillWindow]
+    | Route[RecordUpsert]
+    | Route[WebhookEvent]
+)
+
 #: Every route by actor name.
-ROUTES: dict[str, Route[SyncRequest] | Route[BackfillRequest] | Route[BackfillWindow]] = {
-    route.actor: route
-    for routes in _SOURCE_ROUTES.values()
-    for route in (routes.sync, routes.plan, routes.window)
+ROUTES: dict[str, AnyRoute] = {
+    **{
+        route.actor: route
+        for routes in _SOURCE_ROUTES.values()
+        for route in (routes.sync, routes.plan, routes.window)
+    },
+    UPSERT_SQUARE_RECORD.actor: UPSERT_SQUARE_RECORD,
+    HANDLE_NOTION_EVENT.actor: HANDLE_NOTION_EVENT,
 }

@@ -76,6 +76,41 @@ class Settings(BaseSettings):
     #: Days of sales (by creation time) per backfill window; windows run in parallel, paced together.
     lightspeed_backfill_window_days: int = Field(default=30, ge=1)
 
+    # Notion (events arrive by webhook; pages are fetched from the API).
+    notion_base_url: str = "https://api.notion.com"
+    notion_token: SecretStr | None = None
+    #: The ``Notion-Version`` header sent with every request.
+    notion_version: str = "2025-09-03"
+    #: Requests per second for the whole pool (Notion averages 3 per integration).
+    notion_requests_per_second: float = Field(default=3.0, gt=0)
+    notion_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Tries per Notion request for timeouts, 5xx and 429 before the message is retried instead.
+    notion_request_attempts: int = Field(default=5, ge=1)
+    #: Longest a request waits (pacing or Retry-After) before the message goes back to the queue.
+    notion_max_request_wait_seconds: float = Field(default=60.0, gt=0)
+    #: The subscription's verification token, which keys ``X-Notion-Signature``. Unset: the token
+    #: recorded (in Redis) from the first verification handshake.
+    notion_verification_token: SecretStr | None = None
+
+    # Webhook receiver (``possync webhooks``).
+    webhooks_host: str = "127.0.0.1"
+    webhooks_port: int = Field(default=8080, ge=0, le=65535)
+    #: Square's signature key for the subscription (Developer Console, Webhooks).
+    square_webhook_signature_key: SecretStr | None = None
+    #: The notification URL exactly as registered with Square: it is part of what Square signs.
+    square_webhook_url: str | None = None
+    #: Largest request body accepted, bytes; larger ones get 413.
+    webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # Scheduler (``possync scheduler``).
+    #: Cron expression per ``source`` (every stream) or ``source.stream``, as JSON, e.g.
+    #: ``{"square": "*/15 * * * *", "square.items": "0 * * * *"}``. A sixth field counts seconds.
+    #: Unset: every stream of every source with credentials configured, every 15 minutes.
+    schedules: dict[str, str] = Field(default_factory=dict)
+    #: Port of the scheduler's ``/metrics`` endpoint; 0 turns it off.
+    scheduler_metrics_port: int = Field(default=9192, ge=0, le=65535)
+    scheduler_metrics_host: str = "127.0.0.1"
+
     # Worker pool metrics (``possync worker``): every process's metrics from one endpoint.
     #: Port of the pool's ``/metrics`` endpoint; 0 turns it off.
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
@@ -150,7 +185,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("lightspeed_base_url", "lightspeed_token_url")
+    @field_validator("lightspeed_base_url", "lightspeed_token_url", "notion_base_url")
     @classmethod
     def _lightspeed_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -199,6 +234,13 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{_env(name)} is required for Lightspeed")
             secrets.append(value)
         return account_id, client_id, secrets[0], secrets[1]
+
+    def require_notion(self) -> SecretStr:
+        """Return the Notion integration token, or fail naming ``POSSYNC_NOTION_TOKEN``."""
+        token = self.notion_token
+        if token is None or not token.get_secret_value().strip():
+            raise ConfigError(f"{_env('notion_token')} is required for Notion (the integration token)")
+        return token
 
     def require_bigquery(self) -> str:
         """Return the BigQuery project id, or fail naming ``POSSYNC_BIGQUERY_PROJECT``."""

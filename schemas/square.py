@@ -194,6 +194,8 @@ class CustomerRow(_Row):
     creation_source: str | None
     reference_id: str | None
     group_ids: list[str]
+    is_deleted: bool = False
+    deleted_at: datetime | None = None
 
 
 def payment_row(payment: SquarePayment, *, synced_at: datetime, message_id: str | None) -> PaymentRow:
@@ -259,8 +261,14 @@ def item_rows(item: SquareCatalogObject, *, synced_at: datetime, message_id: str
     return rows
 
 
-def customer_row(customer: SquareCustomer, *, synced_at: datetime, message_id: str | None) -> CustomerRow:
-    """The ``square_customers`` row for a customer."""
+def customer_row(
+    customer: SquareCustomer,
+    *,
+    synced_at: datetime,
+    message_id: str | None,
+    deleted_at: datetime | None = None,
+) -> CustomerRow:
+    """The ``square_customers`` row for a customer; marked deleted when ``deleted_at`` is given."""
     return CustomerRow(
         id=customer.id,
         created_at=customer.created_at,
@@ -269,6 +277,8 @@ def customer_row(customer: SquareCustomer, *, synced_at: datetime, message_id: s
         creation_source=customer.creation_source,
         reference_id=customer.reference_id,
         group_ids=list(customer.group_ids),
+        is_deleted=deleted_at is not None,
+        deleted_at=deleted_at,
         synced_at=synced_at,
         message_id=message_id,
     )

@@ -13,6 +13,8 @@ layout is decided here and nowhere else. Layout choices, table by table:
   row and insert a duplicate. The table is far below the size where partitions pay off, so it is not
   partitioned; clustering by ``item_id`` keeps variations of one item together.
 - ``square_customers`` (a few thousand rows) is likewise small: not partitioned, clustered by ``id``.
+  SearchCustomers never returns a deleted customer, so deletions arrive by webhook
+  (``customer.deleted``) and are kept as ``is_deleted``/``deleted_at``, never as a missing row.
 - ``lightspeed_transactions`` is Lightspeed's big table (one row per sale, growing daily), read like
   ``square_payments``: partitioned by ``DATE(createTime)``, which never changes (``updatetime`` does,
   so partitioning by it would move rows between partitions and break MERGE pruning), and clustered
@@ -21,6 +23,13 @@ layout is decided here and nowhere else. Layout choices, table by table:
 - ``lightspeed_products`` (one row per item, thousands of rows) is not partitioned for the same
   reason as ``square_items``: ``timeStamp`` is mutable and the table is far below the size where
   partitions pay off. Clustered by ``categoryID, itemID`` for category reports.
+- ``notion_pages`` (one row per Notion page an event named) is small and read whole: not
+  partitioned, clustered by ``parent_id``. ``last_edited_time`` orders versions. A trashed page keeps
+  its row with ``in_trash``; one Notion no longer serves (404 after ``page.deleted``) is marked
+  ``is_deleted`` with ``deleted_at``.
+- ``notion_events`` keeps every event received, once per event id (Notion and its retries may
+  deliver one event several times): insert-only, partitioned by ``DATE(timestamp)`` (when the change
+  happened, which never changes), clustered by ``type``.
 - ``_possync_rejects`` keeps every record that failed validation with its reason; partitioned by
   ``DATE(rejected_at)`` so old rejects are cheap to scan or expire.
 """
@@ -35,6 +44,8 @@ __all__ = [
     "LIGHTSPEED_PRODUCTS",
     "LIGHTSPEED_TRANSACTIONS",
     "METADATA_COLUMNS",
+    "NOTION_EVENTS",
+    "NOTION_PAGES",
     "REJECTS",
     "SQUARE_CUSTOMERS",
     "SQUARE_ITEMS",
@@ -70,6 +81,9 @@ class TableSpec(BaseModel):
         version_column: the column that orders versions of one row (``updated_at`` or ``version``);
             a MERGE replaces a row only when the incoming version is greater. ``None`` means
             insert-only (a row that exists is never touched).
+        deleted_column: a BOOL column marking rows deleted at the source, or ``None``. An incoming
+            row with it set replaces a stored row not yet marked, whatever the versions (a
+            deletion snapshot may carry the version already stored).
         partition_field: the TIMESTAMP or DATE column the table is partitioned by, or ``None``.
         partition_granularity: time-unit partitioning granularity.
         clustering: up to four clustering columns.
@@ -81,6 +95,7 @@ class TableSpec(BaseModel):
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     version_column: str | None
+    deleted_column: str | None = None
     partition_field: str | None = None
     partition_granularity: Literal["HOUR", "DAY", "MONTH", "YEAR"] = "DAY"
     clustering: tuple[str, ...] = ()
@@ -172,10 +187,13 @@ SQUARE_CUSTOMERS = TableSpec(
         Column(name="creation_source", type="STRING"),
         Column(name="reference_id", type="STRING"),
         Column(name="group_ids", type="STRING", mode="REPEATED"),
+        Column(name="is_deleted", type="BOOL", description="deleted at Square (customer.deleted webhook)"),
+        Column(name="deleted_at", type="TIMESTAMP", description="when Square reported the deletion"),
         *METADATA_COLUMNS,
     ),
     key=("id",),
     version_column="version",
+    deleted_column="is_deleted",
     clustering=("id",),
 )
 
@@ -247,6 +265,50 @@ REJECTS = TableSpec(
     clustering=("source", "stream"),
 )
 
+NOTION_PAGES = TableSpec(
+    name="notion_pages",
+    description="Notion pages named by webhook events, latest version fetched from the API.",
+    columns=(
+        Column(name="id", type="STRING", mode="REQUIRED"),
+        Column(name="parent_type", type="STRING", description="database_id, data_source_id, page_id, ..."),
+        Column(name="parent_id", type="STRING", description="NULL for a workspace parent"),
+        Column(name="title", type="STRING", description="plain text of the title property"),
+        Column(name="properties", type="STRING", description="the page's properties, JSON"),
+        Column(name="url", type="STRING"),
+        Column(name="created_time", type="TIMESTAMP"),
+        Column(name="last_edited_time", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="archived", type="BOOL"),
+        Column(name="in_trash", type="BOOL"),
+        Column(name="is_deleted", type="BOOL", description="no longer served by Notion (404)"),
+        Column(name="deleted_at", type="TIMESTAMP", description="when the deletion was seen"),
+        *METADATA_COLUMNS,
+    ),
+    key=("id",),
+    version_column="last_edited_time",
+    deleted_column="is_deleted",
+    clustering=("parent_id",),
+)
+
+NOTION_EVENTS = TableSpec(
+    name="notion_events",
+    description="Every Notion webhook event received, once per event id.",
+    columns=(
+        Column(name="event_id", type="STRING", mode="REQUIRED"),
+        Column(name="type", type="STRING", mode="REQUIRED"),
+        Column(name="entity_id", type="STRING"),
+        Column(name="entity_type", type="STRING"),
+        Column(name="timestamp", type="TIMESTAMP", mode="REQUIRED", description="when the change happened"),
+        Column(name="received_at", type="TIMESTAMP", mode="REQUIRED", description="when possync received it"),
+        Column(name="attempt_number", type="INT64"),
+        Column(name="raw", type="STRING", description="the event as received, JSON"),
+        *METADATA_COLUMNS,
+    ),
+    key=("event_id",),
+    version_column=None,
+    partition_field="timestamp",
+    clustering=("type",),
+)
+
 #: Every table possync manages, by name.
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
@@ -256,6 +318,8 @@ TABLES: dict[str, TableSpec] = {
         SQUARE_CUSTOMERS,
         LIGHTSPEED_TRANSACTIONS,
         LIGHTSPEED_PRODUCTS,
+        NOTION_PAGES,
+        NOTION_EVENTS,
         REJECTS,
     )
 }

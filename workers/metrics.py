@@ -17,8 +17,10 @@ from prometheus_client import Counter
 __all__ = [
     "LIGHTSPEED_REFRESH_REFUSED",
     "LIGHTSPEED_TOKEN_REFRESHES",
+    "SCHEDULER_TICKS",
     "SOURCE_RATE_LIMITED",
     "SOURCE_THROTTLE_SECONDS",
+    "WEBHOOK_EVENTS",
 ]
 
 LIGHTSPEED_TOKEN_REFRESHES = Counter(
@@ -38,4 +40,17 @@ SOURCE_THROTTLE_SECONDS = Counter(
     "possync_source_throttle_seconds_total",
     "Seconds requests waited for room in a source's shared rate-limit bucket before being sent.",
     ["system"],
+)
+WEBHOOK_EVENTS = Counter(
+    "possync_webhook_events_total",
+    "Webhook requests by provider (notion, square) and outcome: accepted, duplicate, handshake,"
+    " bad_signature, malformed, too_large, unknown_type, unavailable.",
+    ["provider", "outcome"],
+)
+SCHEDULER_TICKS = Counter(
+    "possync_scheduler_ticks_total",
+    "Scheduler ticks by source, stream and outcome: enqueued (this replica claimed the tick and sent"
+    " a sync), coalesced (claimed, but the stream's last sync is still queued or running), taken"
+    " (another replica claimed it).",
+    ["source", "stream", "outcome"],
 )

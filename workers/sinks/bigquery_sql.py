@@ -214,7 +214,8 @@ def build_merge(
     - The source is de-duplicated on the key (``ROW_NUMBER`` ordered by the version column, newest
       first), since BigQuery refuses a MERGE where one target row matches two source rows.
     - A matched row is updated only when the incoming version is greater, so a replay or an older
-      version changes nothing (``_synced_at`` included).
+      version changes nothing (``_synced_at`` included); or, for tables with a ``deleted_column``,
+      when the incoming row marks a deletion the stored row does not show yet.
     - Unmatched rows are inserted; insert-only tables (no version column) only insert.
     - For partitioned tables the ON clause bounds the target's partition column to the batch's
       range (``@partition_min``..``@partition_max``), so BigQuery prunes partitions. This is only
@@ -264,7 +265,11 @@ def build_merge(
     if spec.version_column is not None:
         version = spec.version_column
         updates = ", ".join(f"`{name}` = S.`{name}`" for name in columns if name not in spec.key)
-        lines.append(f"WHEN MATCHED AND S.`{version}` > T.`{version}` THEN UPDATE SET {updates}")
+        newer = f"S.`{version}` > T.`{version}`"
+        if spec.deleted_column is not None:
+            deleted = spec.deleted_column
+            newer = f"({newer} OR (S.`{deleted}` AND NOT COALESCE(T.`{deleted}`, FALSE)))"
+        lines.append(f"WHEN MATCHED AND {newer} THEN UPDATE SET {updates}")
     values_list = ", ".join(f"S.`{name}`" for name in columns)
     lines.append(f"WHEN NOT MATCHED BY TARGET THEN INSERT ({column_list}) VALUES ({values_list})")
     return MergeStatement(sql="\n".join(lines), parameters=tuple(parameters))
