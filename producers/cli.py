@@ -80,6 +80,40 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     worker.add_argument("--threads", type=_positive_int, default=4, help="threads per process (default: 4)")
 
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="enqueue incremental syncs on cron schedules (any number of replicas may run)",
+        description=(
+            "Enqueue an incremental sync of each scheduled stream at each tick of its cron schedule\n"
+            "(POSSYNC_SCHEDULES; default every 15 minutes for every source with credentials).\n"
+            "Each tick is claimed once through Redis, so replicas never double-fire; a stream whose\n"
+            "last sync is still queued or running is not sent another; after downtime each stream\n"
+            "gets one catch-up sync. Metrics on POSSYNC_SCHEDULER_METRICS_PORT (/metrics)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scheduler.add_argument(
+        "--once",
+        action="store_true",
+        help="handle the ticks due now (at most one per stream), then exit instead of running on",
+    )
+
+    webhooks = commands.add_parser(
+        "webhooks",
+        help="run the webhook receiver for Notion and Square (an ASGI app on uvicorn)",
+        description=(
+            "Receive Notion (POST /webhooks/notion) and Square (POST /webhooks/square) webhooks,\n"
+            "verify their signatures and enqueue them. Listens on POSSYNC_WEBHOOKS_HOST:PORT;\n"
+            "GET /healthz, /readyz, /metrics, /openapi.json."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    webhooks.add_argument(
+        "--set-notion-verification-token",
+        metavar="TOKEN",
+        help="replace the Notion verification token kept in Redis (TOKEN - reads stdin), then exit",
+    )
+
     sync = commands.add_parser(
         "sync",
         help="enqueue an incremental sync of a source",
@@ -196,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {
         "worker": _worker,
+        "scheduler": _scheduler,
+        "webhooks": _webhooks,
         "sync": _sync,
         "backfill": _backfill,
         "status": _status,
@@ -252,6 +288,28 @@ def _worker(args: argparse.Namespace) -> int:
         ]
     )
     return int(dramatiq.cli.main(dramatiq_args) or 0)
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    from producers.scheduler import run_scheduler
+
+    return run_scheduler(_settings(), once=args.once)
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from producers.webhooks import replace_notion_verification_token, run_webhooks
+
+    settings = _settings()
+    if args.set_notion_verification_token is not None:
+        token = args.set_notion_verification_token
+        if token == "-":  # noqa: S105 (the stdin marker, not a password)
+            token = sys.stdin.readline().strip()
+        if not token:
+            raise CommandError("the Notion verification token is empty")
+        replace_notion_verification_token(_redis(settings), token)
+        print("Notion verification token replaced.")
+        return 0
+    return run_webhooks(settings)
 
 
 def _redis(settings: Any) -> Any:
