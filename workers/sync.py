@@ -31,7 +31,15 @@ from workers.batching import MAX_REASON_CHARS, Batcher, Sink, Writer, reject_row
 from workers.errors import InvalidPayload
 from workers.state import StateStore
 
-__all__ = ["Sink", "StreamSource", "SyncResult", "plan_backfill", "run_incremental", "run_window"]
+__all__ = [
+    "Sink",
+    "StreamSource",
+    "SyncResult",
+    "plan_backfill",
+    "run_incremental",
+    "run_records",
+    "run_window",
+]
 
 #: Seconds a stream lock outlives a holder that stopped heartbeating.
 LOCK_TTL_SECONDS = 60
@@ -346,3 +354,39 @@ def run_window(
         **result.log_fields(),
     )
     return result
+
+
+def run_records(
+    *,
+    source: StreamSource,
+    sink: Sink,
+    stream: str,
+    records: list[dict[str, Any]],
+    scope: str,
+    settings: Settings,
+    message_id: str | None,
+    now: Callable[[], datetime] = _utcnow,
+) -> SyncResult:
+    """Write records fetched one by one (a webhook's targeted upsert) through the same conversion,
+    rejects and batches as a sync, beside it: no stream lock and no checkpoint. The MERGE's
+    newer-version rule keeps a concurrent sync and this upsert consistent whichever lands first.
+
+    Args:
+        records: raw records of ``stream``.
+        scope: what the records are, for batch ids (e.g. ``upsert:payment:<id>``).
+
+    Raises:
+        WorkerError: from the sink.
+    """
+    clock = time.monotonic()
+    result = _load(
+        [records],
+        source=source,
+        sink=sink,
+        stream=stream,
+        scope=scope,
+        settings=settings,
+        synced_at=now(),
+        message_id=message_id,
+    )
+    return _with_seconds(result, time.monotonic() - clock)

@@ -71,6 +71,7 @@ from workers.sinks.bigquery_sql import (
     MAX_JOB_ATTEMPTS,
     BatchRef,
     MergeStatement,
+    build_mark_deleted,
     build_merge,
     check_identifier,
     check_spec,
@@ -265,6 +266,44 @@ class BigQuerySink:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    def mark_deleted(
+        self,
+        spec: TableSpec,
+        key: Mapping[str, Any],
+        *,
+        deleted_at: datetime,
+        synced_at: datetime,
+        message_id: str | None,
+    ) -> int:
+        """Mark the stored row with this key deleted, if there is one not yet marked.
+
+        For a deletion that arrives without the record's last state. Runs under a merge permit,
+        with a job id derived from the key and time, so a redelivery re-attaches.
+
+        Returns:
+            Rows marked (0 when the row is absent or already marked).
+
+        Raises:
+            InvalidIdentifier, WarehouseRejected, WarehouseUnavailable: as for :meth:`write`.
+        """
+        statement = build_mark_deleted(
+            spec,
+            project=self.project,
+            dataset=self.dataset,
+            key=key,
+            deleted_at=deleted_at,
+            synced_at=synced_at,
+            message_id=message_id,
+        )
+        self.ensure_tables([spec])
+        marker = {**{name: str(key[name]) for name in spec.key}, "deleted_at": deleted_at.isoformat()}
+        batch_id = "delete:" + ":".join(str(key[name]) for name in spec.key)
+        batch = BatchRef(self.project, self.dataset, spec.name, batch_id, content_digest([marker]))
+        job, attached = self._merge(statement, batch)
+        marked = int(job.num_dml_affected_rows or 0)
+        _log.info("bigquery_row_marked_deleted", table=spec.name, marked=marked, attached=attached)
+        return marked
 
     def _check_rows(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]]) -> None:
         known = set(spec.column_names)

@@ -22,6 +22,7 @@ __all__ = [
     "BatchRef",
     "InvalidIdentifier",
     "MergeStatement",
+    "build_mark_deleted",
     "build_merge",
     "check_identifier",
     "check_spec",
@@ -273,3 +274,51 @@ def build_merge(
     values_list = ", ".join(f"S.`{name}`" for name in columns)
     lines.append(f"WHEN NOT MATCHED BY TARGET THEN INSERT ({column_list}) VALUES ({values_list})")
     return MergeStatement(sql="\n".join(lines), parameters=tuple(parameters))
+
+
+def build_mark_deleted(
+    spec: TableSpec,
+    *,
+    project: str,
+    dataset: str,
+    key: Mapping[str, Any],
+    deleted_at: datetime,
+    synced_at: datetime,
+    message_id: str | None,
+) -> MergeStatement:
+    """The UPDATE that marks one stored row deleted (``spec.deleted_column``), if it is not yet.
+
+    For deletions that arrive without the record's last state (nothing to merge): a row not in
+    the table stays absent, a row already marked keeps its first ``deleted_at``, so a replay
+    changes nothing.
+
+    Raises:
+        InvalidIdentifier: if any identifier is invalid.
+        ValueError: if the table has no deleted column, or ``key`` does not name the table's key.
+    """
+    check_identifier("project", project)
+    check_identifier("dataset", dataset)
+    check_spec(spec)
+    if spec.deleted_column is None:
+        raise ValueError(f"{spec.name} has no deleted column")
+    if set(key) != set(spec.key):
+        raise ValueError(f"the key of {spec.name} is {spec.key}, not {tuple(key)}")
+    deleted = spec.deleted_column
+    parameters: list[tuple[str, str, Any]] = [
+        ("deleted_at", "TIMESTAMP", deleted_at),
+        ("synced_at", "TIMESTAMP", synced_at),
+        ("message_id", "STRING", message_id),
+    ]
+    conditions = []
+    for index, name in enumerate(spec.key):
+        parameters.append((f"key_{index}", spec.column(name).type, key[name]))
+        conditions.append(f"`{name}` = @key_{index}")
+    sets = [f"`{deleted}` = TRUE", "`_synced_at` = @synced_at", "`_message_id` = @message_id"]
+    if "deleted_at" in spec.column_names:
+        sets.insert(1, "`deleted_at` = @deleted_at")
+    sql = (
+        f"UPDATE {_quoted(project, dataset, spec.name)}\n"
+        f"SET {', '.join(sets)}\n"
+        f"WHERE {' AND '.join(conditions)} AND NOT COALESCE(`{deleted}`, FALSE)"
+    )
+    return MergeStatement(sql=sql, parameters=tuple(parameters))

@@ -246,6 +246,26 @@ class SquareClient:
             )
         return payment
 
+    def get_customer(self, customer_id: str) -> dict[str, Any]:
+        """One customer by id (Square answers 404 for a deleted one).
+
+        Raises:
+            SourceRejected: 404 and other refusals; other :class:`WorkerError` subclasses as usual.
+        """
+        if not customer_id:
+            raise ValueError("customer_id is required")
+        body = self._call(
+            "GET", f"/v2/customers/{quote(customer_id, safe='')}", endpoint="/v2/customers/{id}"
+        )
+        customer = body.get("customer")
+        if not isinstance(customer, dict):
+            raise SourceUnavailable(
+                "square GET /v2/customers/{id} answered 200 without a customer",
+                system=SYSTEM,
+                status_code=200,
+            )
+        return customer
+
     def iter_catalog(
         self, *, begin_time: datetime | None = None, include_deleted: bool = True
     ) -> Iterator[list[dict[str, Any]]]:

@@ -54,6 +54,19 @@ class SquareStreams:
             return [customer_row(customer, synced_at=synced_at, message_id=message_id)]
         raise ValueError(f"unknown square stream {stream!r}")
 
+    def fetch(self, stream: str, record_id: str) -> dict[str, Any]:
+        """One payment or customer by id, as the API serves it now (for a webhook's upsert).
+
+        Raises:
+            ValueError: for the items stream (a catalog change is synced incrementally instead).
+            WorkerError: from the client (a 404 is a :class:`~workers.errors.SourceRejected`).
+        """
+        if stream == "payments":
+            return self._client.get_payment(record_id)
+        if stream == "customers":
+            return self._client.get_customer(record_id)
+        raise ValueError(f"square {stream} are not fetched one by one")
+
     def _locations(self) -> list[str]:
         """Configured location ids, else every location the seller has (inactive ones keep history)."""
         if self._settings.square_location_ids:
