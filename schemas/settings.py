@@ -37,7 +37,12 @@ class Settings(BaseSettings):
     """possync's configuration. Field ``x`` is read from ``POSSYNC_X``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, validate_default=True
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        # Compose files pass `${VAR:-}`: an empty variable means unset, not an empty value.
+        env_ignore_empty=True,
     )
 
     # Redis (queues, checkpoints, locks).
