@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
@@ -273,6 +273,10 @@ def load_settings(**overrides: object) -> Settings:
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A value that could not even be parsed (invalid JSON for a dict setting); the message names
+        # the field, never its value.
+        raise ConfigError(f"invalid settings: {exc} (check the matching {ENV_PREFIX}* variable)") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{_env(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}" for err in exc.errors()

@@ -51,6 +51,6 @@ SCHEDULER_TICKS = Counter(
     "possync_scheduler_ticks_total",
     "Scheduler ticks by source, stream and outcome: enqueued (this replica claimed the tick and sent"
     " a sync), coalesced (claimed, but the stream's last sync is still queued or running), taken"
-    " (another replica claimed it).",
+    " (another replica claimed it), error (Redis failed during the tick; retried).",
     ["source", "stream", "outcome"],
 )

@@ -81,3 +81,19 @@ def test_repr_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     text = repr(settings) + str(settings)
     assert "very-secret-token" not in text
     assert "redis-password" not in text
+
+
+def test_unparsable_json_is_a_config_error_and_empty_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given POSSYNC_SCHEDULES that is not JSON
+    monkeypatch.setenv("POSSYNC_SCHEDULES", '{"square": */15')
+
+    # Then loading fails with a ConfigError naming the setting, not a traceback
+    with pytest.raises(ConfigError, match="schedules"):
+        load_settings()
+
+    # And an empty variable (compose's ${VAR:-}) means unset
+    monkeypatch.setenv("POSSYNC_SCHEDULES", "")
+    monkeypatch.setenv("POSSYNC_NOTION_VERIFICATION_TOKEN", "")
+    settings = load_settings()
+    assert settings.schedules == {}
+    assert settings.notion_verification_token is None
