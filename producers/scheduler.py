@@ -49,7 +49,7 @@ from schemas.messages import SOURCE_STREAMS, SyncRequest, routes_for
 from schemas.settings import ConfigError, Settings
 from workers.broker import REQUEST_KEY, REQUEST_TTL_SECONDS
 from workers.metrics import SCHEDULER_TICKS
-from workers.state import NAMESPACE
+from workers.state import NAMESPACE, StateStore
 
 __all__ = [
     "DEFAULT_CRON",
@@ -301,6 +301,7 @@ class Scheduler:
         if not schedules:
             raise ValueError("nothing to schedule")
         self._redis = client
+        self._state = StateStore(client)
         self._broker = broker
         self._now = now
         self._ticks = ticks
@@ -466,7 +467,7 @@ class Scheduler:
             states = self._redis.hvals(REQUEST_KEY.format(request_id=previous))
             if any(_text(state) == "pending" for state in states):
                 return previous, "previous_sync_unfinished"
-        if self._redis.exists(NAMESPACE + f"lock:{schedule.source}.{schedule.stream}"):
+        if self._state.is_locked(schedule.source, schedule.stream):
             return None, "stream_locked"
         return None
 

@@ -197,6 +197,14 @@ class StateStore:
 
     # Locks.
 
+    def is_locked(self, source: str, stream: str) -> bool:
+        """Whether a sync of the stream holds its lock now (someone is syncing it)."""
+        return bool(self._redis.exists(self._lock_key(source, stream)))
+
+    @staticmethod
+    def _lock_key(source: str, stream: str) -> str:
+        return NAMESPACE + f"lock:{source}.{stream}"
+
     @contextmanager
     def stream_lock(self, source: str, stream: str, *, ttl_seconds: float = 60) -> Iterator[bool]:
         """Hold the stream's lock without waiting; yield whether it was acquired.
@@ -212,7 +220,7 @@ class StateStore:
         """
         # thread_local=False: the heartbeat thread must see the token the caller's thread acquired.
         lock = self._redis.lock(
-            NAMESPACE + f"lock:{source}.{stream}", timeout=ttl_seconds, blocking=False, thread_local=False
+            self._lock_key(source, stream), timeout=ttl_seconds, blocking=False, thread_local=False
         )
         if not lock.acquire(blocking=False):
             yield False
