@@ -24,7 +24,9 @@ layout is decided here and nowhere else. Layout choices, table by table:
   reason as ``square_items``: ``timeStamp`` is mutable and the table is far below the size where
   partitions pay off. Clustered by ``categoryID, itemID`` for category reports.
 - ``notion_pages`` (one row per Notion page an event named) is small and read whole: not
-  partitioned, clustered by ``parent_id``. ``last_edited_time`` orders versions. A trashed page keeps
+  partitioned, clustered by ``parent_id``. ``last_edited_time`` orders versions, but Notion rounds it
+  to the minute, so two edits within a minute share it: an equal time with different content
+  replaces the stored row too (``coarse_version``). A trashed page keeps
   its row with ``in_trash``; one Notion no longer serves (404 after ``page.deleted``) is marked
   ``is_deleted`` with ``deleted_at``.
 - ``notion_events`` keeps every event received, once per event id (Notion and its retries may
@@ -84,6 +86,9 @@ class TableSpec(BaseModel):
         deleted_column: a BOOL column marking rows deleted at the source, or ``None``. An incoming
             row with it set replaces a stored row not yet marked, whatever the versions (a
             deletion snapshot may carry the version already stored).
+        coarse_version: the version column is too coarse to order every change (Notion rounds
+            ``last_edited_time`` to the minute): an incoming row with an equal version but different
+            content also replaces the stored one. A replay (same content) still changes nothing.
         partition_field: the TIMESTAMP or DATE column the table is partitioned by, or ``None``.
         partition_granularity: time-unit partitioning granularity.
         clustering: up to four clustering columns.
@@ -96,6 +101,7 @@ class TableSpec(BaseModel):
     key: tuple[str, ...]
     version_column: str | None
     deleted_column: str | None = None
+    coarse_version: bool = False
     partition_field: str | None = None
     partition_granularity: Literal["HOUR", "DAY", "MONTH", "YEAR"] = "DAY"
     clustering: tuple[str, ...] = ()
@@ -286,6 +292,7 @@ NOTION_PAGES = TableSpec(
     key=("id",),
     version_column="last_edited_time",
     deleted_column="is_deleted",
+    coarse_version=True,
     clustering=("parent_id",),
 )
 

@@ -15,10 +15,14 @@ from dramatiq.middleware import CurrentMessage
 from pydantic import ValidationError
 
 from schemas.messages import (
+    HANDLE_NOTION_EVENT,
+    UPSERT_SQUARE_RECORD,
     BackfillRequest,
     BackfillWindow,
     Payload,
+    RecordUpsert,
     SyncRequest,
+    WebhookEvent,
     routes_for,
 )
 from schemas.settings import Settings
@@ -26,6 +30,7 @@ from workers.broker import send
 from workers.errors import InvalidPayload, PermanentError
 from workers.resources import Resources
 from workers.sync import plan_backfill, run_incremental, run_window
+from workers.webhook_work import handle_notion_event, run_square_upsert
 
 __all__ = ["register_actors"]
 
@@ -60,6 +65,35 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
     actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     for source in ("square", "lightspeed"):
         actors.update(_source_actors(broker, resources, source))
+    actors.update(_webhook_actors(broker, resources))
+    return actors
+
+
+def _webhook_actors(broker: dramatiq.Broker, resources: Resources) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """The actors of webhook-driven messages: a Square record's upsert, a Notion event."""
+
+    def upsert_square_record(payload: dict[str, Any]) -> None:
+        request = _validate(RecordUpsert, payload)
+        context = resources.get()
+        run_square_upsert(
+            source=context.square(),
+            sink=context.sink,
+            request=request,
+            settings=context.settings,
+            message_id=_message_id(),
+        )
+
+    def notion_event(payload: dict[str, Any]) -> None:
+        event = _validate(WebhookEvent, payload)
+        context = resources.get()
+        handle_notion_event(client=context.notion(), sink=context.sink, event=event, message_id=_message_id())
+
+    actors: dict[str, dramatiq.Actor[Any, Any]] = {}
+    for route, fn in ((UPSERT_SQUARE_RECORD, upsert_square_record), (HANDLE_NOTION_EVENT, notion_event)):
+        declare = dramatiq.actor(
+            actor_name=route.actor, queue_name=route.queue, broker=broker, throws=(PermanentError,)
+        )
+        actors[route.actor] = declare(fn)
     return actors
 
 

@@ -24,6 +24,7 @@ from workers.sources.lightspeed import LightspeedClient
 from workers.sources.lightspeed_auth import TokenManager
 from workers.sources.lightspeed_pacing import Pacer
 from workers.sources.lightspeed_streams import LightspeedStreams
+from workers.sources.notion import NotionClient
 from workers.sources.shared_pause import SharedPause
 from workers.sources.square import SquareClient
 from workers.sources.square_streams import SquareStreams
@@ -47,6 +48,7 @@ class WorkerResources:
     sink: BigQuerySink
     state: StateStore
     _sources: dict[str, StreamSource] = field(default_factory=dict)
+    _notion: NotionClient | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -81,6 +83,27 @@ class WorkerResources:
                 }
                 self._sources[name] = builders[name]()
             return self._sources[name]
+
+    def square(self) -> SquareStreams:
+        """Square's streams (for fetching single records), built on first use.
+
+        Raises:
+            ConfigError: if Square's access token is not configured.
+        """
+        source = self.source("square")
+        assert isinstance(source, SquareStreams)
+        return source
+
+    def notion(self) -> NotionClient:
+        """The Notion client, built on first use.
+
+        Raises:
+            ConfigError: if the Notion token is not configured.
+        """
+        with self._lock:
+            if self._notion is None:
+                self._notion = NotionClient.from_settings(self.settings, self.redis)
+            return self._notion
 
     def _square(self) -> SquareStreams:
         settings = self.settings
@@ -132,6 +155,8 @@ class WorkerResources:
 
     def close(self) -> None:
         """Release connections."""
+        if self._notion is not None:
+            self._notion.close()
         self.http.close()
         self.redis.close()
 

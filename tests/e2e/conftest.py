@@ -117,6 +117,20 @@ class System:
         self.pools.append(pool)
         return pool
 
+    def start_command(self, label: str, *args: str, **env: str) -> WorkerPool:
+        """Start a long-running ``possync ARGS`` (``scheduler``, ``webhooks``); stopped with the pools."""
+        log_path = self.work_dir / f"{label}-{len(self.pools)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "producers.cli", *args],
+            env={**self.env, **env},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        service = WorkerPool(process=process, log_path=log_path, metrics_url="")
+        self.pools.append(service)
+        return service
+
     def logs(self) -> str:
         """Every worker pool's log so far."""
         return "\n".join(pool.log() for pool in self.pools)

@@ -216,7 +216,8 @@ def build_merge(
       first), since BigQuery refuses a MERGE where one target row matches two source rows.
     - A matched row is updated only when the incoming version is greater, so a replay or an older
       version changes nothing (``_synced_at`` included); or, for tables with a ``deleted_column``,
-      when the incoming row marks a deletion the stored row does not show yet.
+      when the incoming row marks a deletion the stored row does not show yet; or, for tables
+      with a ``coarse_version``, when the versions are equal but the content differs.
     - Unmatched rows are inserted; insert-only tables (no version column) only insert.
     - For partitioned tables the ON clause bounds the target's partition column to the batch's
       range (``@partition_min``..``@partition_max``), so BigQuery prunes partitions. This is only
@@ -267,6 +268,14 @@ def build_merge(
         version = spec.version_column
         updates = ", ".join(f"`{name}` = S.`{name}`" for name in columns if name not in spec.key)
         newer = f"S.`{version}` > T.`{version}`"
+        if spec.coarse_version:
+            metadata = {column.name for column in METADATA_COLUMNS}
+            changed = " OR ".join(
+                f"S.`{column.name}` IS DISTINCT FROM T.`{column.name}`"
+                for column in spec.columns
+                if column.name not in spec.key and column.name not in metadata and column.mode != "REPEATED"
+            )
+            newer = f"({newer} OR (S.`{version}` = T.`{version}` AND ({changed})))"
         if spec.deleted_column is not None:
             deleted = spec.deleted_column
             newer = f"({newer} OR (S.`{deleted}` AND NOT COALESCE(T.`{deleted}`, FALSE)))"

@@ -1,5 +1,6 @@
-"""Deletions in the warehouse: a deletion snapshot wins over a stored row not yet marked, and a bare
-deletion marks the stored row once; replays change nothing. Against the BigQuery emulator."""
+"""Deletions and coarse versions in the warehouse: a deletion snapshot wins over a stored row not yet
+marked, a bare deletion marks the stored row once, an equal coarse version with new content replaces;
+replays change nothing. Against the BigQuery emulator."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from google.cloud import bigquery
 
+from schemas.notion import NotionPageRow
 from schemas.square import CustomerRow
-from schemas.tables import SQUARE_CUSTOMERS
+from schemas.tables import NOTION_PAGES, SQUARE_CUSTOMERS
 from tests.conftest import TEST_PROJECT
 from workers.sinks.bigquery import BigQuerySink, query_rows
 
@@ -107,3 +109,53 @@ def test_a_bare_deletion_marks_the_stored_row_once(
     assert after["c1"]["_message_id"] == "m1"
     assert after["c1"]["reference_id"] == "ref"
     assert set(after) == {"c1"}
+
+
+def _page(title: str, *, edited: datetime, synced: datetime) -> dict[str, Any]:
+    return NotionPageRow(
+        id="page-1",
+        parent_type="page_id",
+        parent_id="parent-1",
+        title=title,
+        properties="{}",
+        url="https://www.notion.so/page-1",
+        created_time=CREATED,
+        last_edited_time=edited,
+        archived=False,
+        in_trash=False,
+        is_deleted=False,
+        deleted_at=None,
+        synced_at=synced,
+        message_id=f"msg-{title}",
+    ).model_dump(mode="json", by_alias=True)
+
+
+def test_a_coarse_version_replaces_on_equal_time_only_when_the_content_differs(
+    make_sink: Callable[..., BigQuerySink], bq_client: bigquery.Client, dataset: str
+) -> None:
+    # Given a Notion page stored at an edit time rounded to the minute
+    sink = make_sink()
+    edited = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    sink.write(NOTION_PAGES, [_page("first", edited=edited, synced=edited)], batch_id="a")
+
+    def stored() -> dict[str, Any]:
+        found = query_rows(bq_client, f"SELECT * FROM `{TEST_PROJECT}.{dataset}.notion_pages`")
+        assert len(found) == 1
+        return found[0]
+
+    # When a second edit in the same minute is fetched (same last_edited_time, new title)
+    later = edited + timedelta(seconds=40)
+    sink.write(NOTION_PAGES, [_page("second", edited=edited, synced=later)], batch_id="b")
+
+    # Then it replaces the stored row
+    assert stored()["title"] == "second"
+
+    # And a replay of the same content changes nothing, _synced_at included
+    sink.write(
+        NOTION_PAGES, [_page("second", edited=edited, synced=later + timedelta(hours=1))], batch_id="c"
+    )
+    assert stored()["_synced_at"] == later
+
+    # And an older edit time never replaces it
+    sink.write(NOTION_PAGES, [_page("old", edited=edited - timedelta(minutes=1), synced=later)], batch_id="d")
+    assert stored()["title"] == "second"
