@@ -24,15 +24,16 @@ __all__ = ["main"]
 _STREAMS_HELP = "; ".join(f"{source}: {', '.join(streams)}" for source, streams in SOURCE_STREAMS.items())
 
 _DESCRIPTION = """\
-possync keeps a BigQuery warehouse in step with Square and Lightspeed Retail (R-Series).
+possync keeps a BigQuery warehouse in step with Square, Lightspeed Retail (R-Series) and Notion.
 
 Producers (this command, the scheduler, the webhook receiver) put messages on Redis queues (one
-per source: square, lightspeed); worker pools (`possync worker`) consume them, page the source's
-API and merge rows into BigQuery.
+per source: square, lightspeed, notion); worker pools (`possync worker`) consume them, fetch from
+the source's API and merge rows into BigQuery.
 Everything is configured by POSSYNC_* environment variables (see README.md).
 
-Try `possync demo`: it runs the whole system locally against Square and Lightspeed sandboxes and
-a BigQuery emulator, with no account anywhere, and checks the warehouse against the ground truth.
+Try `possync demo`: it runs the whole system locally against Square, Lightspeed and Notion
+sandboxes and a BigQuery emulator, with no account anywhere, and checks the warehouse against the
+ground truth.
 """
 
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["square"],
         choices=list(QUEUES),
-        help="queues to consume: square, lightspeed or both (default: square)",
+        help="queues to consume: square, lightspeed, notion, or several (default: square)",
     )
     worker.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     worker.add_argument("--threads", type=_positive_int, default=4, help="threads per process (default: 4)")
@@ -268,6 +269,8 @@ def _worker(args: argparse.Namespace) -> int:
         settings.require_square()
     if "lightspeed" in args.queues:
         settings.require_lightspeed()
+    if "notion" in args.queues:
+        settings.require_notion()
     settings.require_bigquery()
     if settings.worker_metrics_port:
         from workers.metrics_env import prepare_worker_metrics
