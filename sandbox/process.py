@@ -29,6 +29,7 @@ __all__ = [
     "SandboxStartError",
     "free_port",
     "start_lightspeed_sandbox",
+    "start_notion_sandbox",
     "start_sandbox",
     "start_square_sandbox",
 ]
@@ -96,6 +97,58 @@ class SandboxAdmin:
         """Ground truth rows: ``kind`` is ``payments``, ``items`` or ``customers``."""
         text = self._get(f"/_sandbox/truth/{kind}").text
         return [json.loads(line) for line in text.splitlines() if line]
+
+    def update_payment(
+        self, payment_id: str, *, status: str | None = None, refund_cents: int | None = None
+    ) -> dict[str, Any]:
+        """Capture, void or refund a payment now (Square sandbox); returns ``{"payment", "event"}``."""
+        body = {
+            name: value
+            for name, value in (("status", status), ("refund_cents", refund_cents))
+            if value is not None
+        }
+        result: dict[str, Any] = self._post(f"/_sandbox/payments/{payment_id}/update", body)
+        return result
+
+    def create_customer(self) -> dict[str, Any]:
+        """Add a customer now (Square sandbox); returns ``{"customer", "event"}``."""
+        result: dict[str, Any] = self._post("/_sandbox/customers/create", {})
+        return result
+
+    def update_customer(self, customer_id: str) -> dict[str, Any]:
+        """Change a customer now (Square sandbox); returns ``{"customer", "event"}``."""
+        result: dict[str, Any] = self._post(f"/_sandbox/customers/{customer_id}/update", {})
+        return result
+
+    def delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """Delete a customer now (Square sandbox); returns ``{"customer", "deleted_at", "event"}``."""
+        result: dict[str, Any] = self._post(f"/_sandbox/customers/{customer_id}/delete", {})
+        return result
+
+    def touch_catalog(self, item_id: str | None = None) -> dict[str, Any]:
+        """Edit a catalog item now (Square sandbox); returns ``{"item", "event"}``."""
+        result: dict[str, Any] = self._post(
+            "/_sandbox/catalog/touch", {} if item_id is None else {"item_id": item_id}
+        )
+        return result
+
+    def set_webhooks(self, **settings: Any) -> dict[str, Any]:
+        """Change webhook settings: ``url``, ``signature_key``, ``notification_url``, ``retry_seconds``..."""
+        result: dict[str, Any] = self._post("/_sandbox/webhooks", settings)
+        return result
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Every webhook delivery so far: ``[{"event_id", "type", "attempts", "last_status", ...}]``."""
+        deliveries: list[dict[str, Any]] = self._get("/_sandbox/webhooks/deliveries").json()
+        return deliveries
+
+    def send_webhook(
+        self, event: dict[str, Any], *, bad_signature: bool = False, duplicate: bool = False
+    ) -> list[dict[str, Any]]:
+        """Deliver an arbitrary event body (maybe mis-signed, maybe twice); returns the deliveries started."""
+        body = {"event": event, "bad_signature": bad_signature, "duplicate": duplicate}
+        deliveries: list[dict[str, Any]] = self._post("/_sandbox/webhooks/send", body)["deliveries"]
+        return deliveries
 
 
 class SandboxProcess:
@@ -248,7 +301,9 @@ def start_square_sandbox(
         **options: ``python -m sandbox.square`` options by their Python names: ``payments``,
             ``customers``, ``items``, ``seed``, ``anchor`` (datetime or ISO string), ``token``,
             ``final_page_mode``, ``short_page_rate``, ``rate_429``, ``retry_after_seconds``,
-            ``rate_500``, ``rate_503``, ``latency_ms``, ``timeout_rate``, ``token_revoked``.
+            ``rate_500``, ``rate_503``, ``latency_ms``, ``timeout_rate``, ``token_revoked``,
+            ``webhook_url``, ``webhook_signature_key``, ``webhook_notification_url``,
+            ``webhook_retry_seconds``, ``webhook_max_attempts``, ``webhook_timeout_seconds``.
 
     Raises:
         TypeError: on an unknown option.
@@ -312,6 +367,60 @@ def start_lightspeed_sandbox(
         arguments,
         host=host,
         token=str(options.get("access_token", "sandbox-token")),
+        startup_timeout_seconds=startup_timeout_seconds,
+        log_path=log_path,
+        env=env,
+    )
+
+
+def start_notion_sandbox(
+    *,
+    host: str = "127.0.0.1",
+    startup_timeout_seconds: float = 60.0,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> SandboxProcess:
+    """Start the Notion sandbox as a subprocess and wait until it is ready.
+
+    The result's ``token`` is the integration token the API accepts (``token``).
+
+    Args:
+        host: loopback interface to bind.
+        startup_timeout_seconds: deadline for readiness.
+        log_path: where the server's output goes (default: a temporary file).
+        env: the child's environment (default: this process's).
+        **options: ``python -m sandbox.notion`` options by their Python names: ``pages``, ``seed``,
+            ``anchor`` (datetime or ISO string), ``token``, ``requests_per_second``, ``burst``,
+            ``rate_500``, ``rate_503``, ``latency_ms``, ``webhook_url``, ``verification_token``,
+            ``webhook_api_version``, ``delivery_retry_seconds`` (a sequence of seconds or a
+            comma-separated string), ``delivery_timeout_seconds``, ``edit_time_precision_seconds``,
+            ``edit_times_may_tie``, ``workspace_name``.
+
+    Raises:
+        TypeError: on an unknown option.
+        SandboxStartError: the process died or was not ready in time.
+    """
+    from sandbox.notion_cli import DEFAULT_TOKEN, build_parser
+
+    known = {action.dest for action in build_parser()._actions} - {"help", "host", "port"}
+    arguments: list[str] = []
+    for name, value in options.items():
+        if name not in known:
+            raise TypeError(f"unknown Notion sandbox option {name!r}; known: {sorted(known)}")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                arguments.append(flag)
+        elif isinstance(value, list | tuple):
+            arguments += [flag, ",".join(str(item) for item in value)]
+        elif value is not None:
+            arguments += [flag, value.isoformat() if isinstance(value, datetime) else str(value)]
+    return start_sandbox(
+        "sandbox.notion",
+        arguments,
+        host=host,
+        token=str(options.get("token", DEFAULT_TOKEN)),
         startup_timeout_seconds=startup_timeout_seconds,
         log_path=log_path,
         env=env,

@@ -2,25 +2,29 @@
 
 It serves, faithfully enough for possync's Square client and the official ``squareup`` SDK:
 ``GET /v2/locations``, ``GET /v2/payments``, ``GET /v2/payments/{payment_id}``,
-``GET /v2/catalog/list``, ``POST /v2/catalog/search``, ``GET /v2/customers`` and
-``POST /v2/customers/search``, with Square's bearer auth, ``Square-Version`` handling, error shape
-and cursor pagination, including its traps: ListPayments defaults to the main location and the
-last year, pages may come back short, and the last page can be marked three different ways.
+``GET /v2/catalog/list``, ``POST /v2/catalog/search``, ``GET /v2/customers``,
+``GET /v2/customers/{customer_id}`` and ``POST /v2/customers/search``, with Square's bearer auth,
+``Square-Version`` handling, error shape and cursor pagination, including its traps: ListPayments
+defaults to the main location and the last year, pages may come back short, and the last page can
+be marked three different ways.
 
 Admin endpoints under ``/_sandbox/`` (no auth, never faulted) move the clock, inject faults, count
-requests and serve the ground truth as NDJSON. Run it with ``python -m sandbox.square --help``.
+requests, serve the ground truth as NDJSON, change payments, customers and the catalog now, and
+deliver those changes as signed webhook events. Run it with ``python -m sandbox.square --help``.
 
 The parts live in modules named for what they do, re-exported here where other code uses them:
 :mod:`sandbox.square_config`, :mod:`sandbox.square_cli` (options), :mod:`sandbox.square_endpoints`
 (the v2 handlers), :mod:`sandbox.square_pagination`, :mod:`sandbox.square_params`,
-:mod:`sandbox.square_errors`, :mod:`sandbox.square_faults` and :mod:`sandbox.square_admin`.
+:mod:`sandbox.square_errors`, :mod:`sandbox.square_faults`, :mod:`sandbox.square_admin`,
+:mod:`sandbox.square_changes` (changes and webhook admin) and :mod:`sandbox.square_webhooks`.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -31,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sandbox.square_admin import SandboxAdmin
+from sandbox.square_changes import ChangeAdmin
 from sandbox.square_cli import build_parser, config_from_args
 from sandbox.square_config import FINAL_PAGE_MODES, SquareSandboxConfig
 from sandbox.square_data import SquareDataset
@@ -38,12 +43,14 @@ from sandbox.square_endpoints import SquareEndpoints
 from sandbox.square_errors import RequestError, error_response, not_found
 from sandbox.square_faults import FaultInjector, FaultSettings
 from sandbox.square_pagination import Paginator
+from sandbox.square_webhooks import WebhookDispatcher, WebhookSettings
 
 __all__ = [
     "FINAL_PAGE_MODES",
     "FaultSettings",
     "SquareSandbox",
     "SquareSandboxConfig",
+    "WebhookSettings",
     "build_parser",
     "config_from_args",
     "create_app",
@@ -56,7 +63,7 @@ _VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class SquareSandbox:
-    """The sandbox's state (dataset, faults, counters), its handlers and the wrapper around them."""
+    """The sandbox's state (dataset, faults, counters, webhooks), its handlers and the wrapper around them."""
 
     def __init__(self, config: SquareSandboxConfig) -> None:
         """Generate the dataset ``config`` describes and wire the handlers to it.
@@ -79,7 +86,11 @@ class SquareSandbox:
         self.fault_injector = FaultInjector(self.faults, config.seed)
         self.stats: dict[str, dict[str, int]] = {}
         self.api = SquareEndpoints(self.data, Paginator(config))
-        self.admin = SandboxAdmin(self.data, config, self.faults, self.stats)
+        self.webhooks = WebhookDispatcher(config.webhooks)
+        self.changes = ChangeAdmin(self.data, self.webhooks)
+        self.admin = SandboxAdmin(
+            self.data, config, self.faults, self.stats, on_advance=self.changes.publish_advance
+        )
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -149,9 +160,18 @@ def create_app(config: SquareSandboxConfig) -> Starlette:
         sandbox.v2("POST", "/v2/catalog/search", api.search_catalog),
         sandbox.v2("GET", "/v2/customers", api.list_customers),
         sandbox.v2("POST", "/v2/customers/search", api.search_customers),
+        sandbox.v2("GET", "/v2/customers/{customer_id}", api.get_customer),
         *sandbox.admin.routes(),
+        *sandbox.changes.routes(),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Deliveries still retrying when the server stops are abandoned, as a process exit would.
+        await sandbox.webhooks.aclose()
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
     app.state.sandbox = sandbox
     return app
 
@@ -160,8 +180,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox on uvicorn until interrupted."""
     import uvicorn
 
-    args = build_parser().parse_args(argv)
-    app = create_app(config_from_args(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    app = create_app(config)
     uvicorn.run(
         app,
         host=args.host,

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from sandbox.square_config import FINAL_PAGE_MODES, SquareSandboxConfig
-from sandbox.square_data import SquareDataset
+from sandbox.square_data import AdvanceResult, SquareDataset
 from sandbox.square_faults import FaultSettings
 
 __all__ = ["SandboxAdmin"]
@@ -37,6 +37,7 @@ class SandboxAdmin:
         config: SquareSandboxConfig,
         faults: FaultSettings,
         stats: dict[str, dict[str, int]],
+        on_advance: Callable[[AdvanceResult], None] | None = None,
     ) -> None:
         """Administer a running sandbox.
 
@@ -45,11 +46,13 @@ class SandboxAdmin:
             config: the sandbox configuration (pagination settings are changed in place).
             faults: the fault settings (changed in place).
             stats: request counts by endpoint template and status, kept by the sandbox.
+            on_advance: told what each clock advance did (the webhooks publish it).
         """
         self.data = data
         self.config = config
         self.faults = faults
         self.stats = stats
+        self.on_advance = on_advance
 
     def routes(self) -> list[Route]:
         """The ``/_sandbox/*`` routes."""
@@ -78,6 +81,8 @@ class SandboxAdmin:
             )
         except (ValueError, TypeError, AttributeError) as exc:
             return _json({"error": str(exc)}, status=400)
+        if self.on_advance is not None:
+            self.on_advance(result)
         return _json(asdict(result))
 
     async def admin_faults(self, request: Request) -> Response:
@@ -112,7 +117,7 @@ class SandboxAdmin:
         return _json({"requests": self.stats, "total": sum(sum(s.values()) for s in self.stats.values())})
 
     async def admin_truth(self, request: Request) -> Response:
-        """Ground truth as NDJSON: ``payments``, ``items`` or ``customers``."""
+        """Ground truth as NDJSON: ``payments``, ``items`` or ``customers`` (deleted ones included)."""
         kind = request.path_params["kind"]
         if kind == "payments":
             count = self.data.payment_count

@@ -108,6 +108,8 @@ def make_customers(
                 "creation_source": customer["creation_source"],
                 "reference_id": customer.get("reference_id"),
                 "group_ids": group_ids,
+                "is_deleted": False,
+                "deleted_at": None,
             }
         )
     return customers, truth

@@ -13,6 +13,7 @@ from typing import Any
 
 from sandbox.square_config import FINAL_PAGE_MODES, SquareSandboxConfig
 from sandbox.square_faults import FaultSettings
+from sandbox.square_webhooks import WebhookSettings
 
 __all__ = ["build_parser", "config_from_args"]
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve a fake Square Connect v2 API (locations, payments, catalog, customers) over HTTP\n"
             "from a deterministic dataset. Admin endpoints under /_sandbox/ (no auth): info,\n"
-            "clock/advance, faults, settings, stats, truth/{payments,items,customers}.\n"
+            "clock/advance, faults, settings, stats, truth/{payments,items,customers}, changes\n"
+            "(payments/{id}/update, customers/create, customers/{id}/update|delete, catalog/touch)\n"
+            "and webhooks (settings, deliveries, send); changes are sent as signed webhook events.\n"
             "Every option can also be set by an "
             f"environment variable {_ENV_PREFIX}<OPTION> (e.g. {_ENV_PREFIX}RATE_429=0.1)."
         ),
@@ -100,11 +103,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(_env("token_revoked", "")).lower() in ("1", "true", "yes"),
         help="answer 401 ACCESS_TOKEN_REVOKED",
     )
+    webhooks = WebhookSettings()
+    parser.add_argument(
+        "--webhook-url", default=_env("webhook_url", None), help="where to POST events (default: none sent)"
+    )
+    parser.add_argument(
+        "--webhook-signature-key",
+        default=_env("webhook_signature_key", webhooks.signature_key),
+        help="the key events are signed with (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-notification-url",
+        default=_env("webhook_notification_url", None),
+        help="the URL signed with each body, as registered with Square (default: --webhook-url)",
+    )
+    parser.add_argument(
+        "--webhook-retry-seconds",
+        type=float,
+        default=float(_env("webhook_retry_seconds", webhooks.retry_seconds)),
+        help="wait before the first retry of a failed delivery, doubling after (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-max-attempts",
+        type=int,
+        default=int(_env("webhook_max_attempts", webhooks.max_attempts)),
+        help="attempts per delivery, the first included (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-timeout-seconds",
+        type=float,
+        default=float(_env("webhook_timeout_seconds", webhooks.timeout_seconds)),
+        help="how long the receiver has to answer (default %(default)s)",
+    )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SquareSandboxConfig:
-    """The sandbox configuration named by parsed command-line arguments."""
+    """The sandbox configuration named by parsed command-line arguments.
+
+    Raises:
+        ValueError: for a webhook setting out of range (a URL that is not http(s), an empty key...).
+    """
     anchor = None
     if args.anchor:
         anchor = datetime.fromisoformat(args.anchor.replace("Z", "+00:00"))
@@ -118,6 +157,17 @@ def config_from_args(args: argparse.Namespace) -> SquareSandboxConfig:
         timeout_rate=args.timeout_rate,
         token_revoked=args.token_revoked,
     )
+    webhooks = WebhookSettings()
+    webhooks.update(
+        {
+            "url": args.webhook_url,
+            "signature_key": args.webhook_signature_key,
+            "notification_url": args.webhook_notification_url,
+            "retry_seconds": args.webhook_retry_seconds,
+            "max_attempts": args.webhook_max_attempts,
+            "timeout_seconds": args.webhook_timeout_seconds,
+        }
+    )
     return SquareSandboxConfig(
         seed=args.seed,
         payments=args.payments,
@@ -128,4 +178,5 @@ def config_from_args(args: argparse.Namespace) -> SquareSandboxConfig:
         final_page_mode=args.final_page_mode,
         short_page_rate=args.short_page_rate,
         faults=faults,
+        webhooks=webhooks,
     )

@@ -1,4 +1,4 @@
-"""What a Square sandbox is started with: data counts, clock anchor, token, pagination and faults."""
+"""What a Square sandbox is started with: data counts, clock anchor, token, pagination, faults, webhooks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sandbox.square_faults import FaultSettings
+from sandbox.square_webhooks import WebhookSettings
 
 __all__ = ["FINAL_PAGE_MODES", "SquareSandboxConfig"]
 
@@ -29,3 +30,4 @@ class SquareSandboxConfig:
     #: Share of pages deliberately returned short (fewer than ``limit``) while carrying a cursor.
     short_page_rate: float = 0.05
     faults: FaultSettings = field(default_factory=FaultSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)

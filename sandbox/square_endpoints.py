@@ -155,6 +155,14 @@ class SquareEndpoints:
             "objects", objects, body.get("cursor"), digest, limit, latest_time=latest
         )
 
+    async def get_customer(self, request: Request) -> dict[str, Any]:
+        """RetrieveCustomer by id; a deleted customer is not found, as at Square."""
+        customer_id = request.path_params["customer_id"]
+        customer = self.data.customer_book.get(customer_id)
+        if customer is None:
+            raise RequestError("NOT_FOUND", f"Customer with ID `{customer_id}` not found.", status=404)
+        return {"customer": customer}
+
     def _sorted_customers(self, field_name: str, order: str) -> list[dict[str, Any]]:
         if field_name == "CREATED_AT":
             ordered = sorted(self.data.customers, key=lambda c: (c["created_at"], c["id"]))

@@ -1,4 +1,8 @@
-"""One Square payment's state in integer cents, rendered as API JSON and truth, and how it later changes."""
+"""One Square payment's state in integer cents, rendered as API JSON and truth, and how it later changes.
+
+A change comes either from the clock (:func:`mutate_payment`, drawn at random) or from an admin
+request (:func:`update_payment`, chosen by the caller); both give the same kinds of change.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,16 @@ from sandbox.square_money import money
 from sandbox.square_seed import alnum_id
 from sandbox.square_time import format_ms
 
-__all__ = ["PaymentState", "mutate_payment"]
+__all__ = ["PAYMENT_TRANSITIONS", "PaymentState", "mutate_payment", "update_payment"]
 
 _CARD_STATUS = {"COMPLETED": "CAPTURED", "APPROVED": "AUTHORIZED", "CANCELED": "VOIDED", "FAILED": "FAILED"}
 _WALLET_STATUS = {"COMPLETED": "CAPTURED", "APPROVED": "AUTHORIZED", "CANCELED": "VOIDED", "FAILED": "FAILED"}
+#: The statuses a payment in each status may be updated to: an approved payment is captured or
+#: voided; a completed one stays completed and is refunded (in part or in full). The others are final.
+PAYMENT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "APPROVED": ("COMPLETED", "CANCELED"),
+    "COMPLETED": ("COMPLETED",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +175,55 @@ def mutate_payment(state: PaymentState, rng: random.Random, updated_ms: int) -> 
             )
         return replace(state, status="CANCELED", updated_ms=updated_ms, version_token=token)
     return None
+
+
+def update_payment(
+    state: PaymentState,
+    *,
+    updated_ms: int,
+    version_token: str,
+    refund_id: str,
+    status: str | None = None,
+    refund_cents: int | None = None,
+) -> PaymentState:
+    """A chosen change to ``state`` at ``updated_ms``: the kinds :func:`mutate_payment` draws, on request.
+
+    With no ``status``, the natural next step is taken: an approved payment is captured in full, a
+    completed one is refunded (``refund_cents``, by default half of what is left, at least a cent).
+
+    Args:
+        state: the payment as it is now.
+        updated_ms: when the change happens, epoch ms; after ``state.updated_ms``.
+        version_token: the changed payment's new ``version_token``.
+        refund_id: the id a refund gets (unused by a capture or a void).
+        status: the status to move to (see :data:`PAYMENT_TRANSITIONS`), or None for the next step.
+        refund_cents: how much to refund, cents; only for a completed payment.
+
+    Raises:
+        ValueError: for a change the payment's status does not allow, a refund of an amount outside
+            one cent to what is left, or ``updated_ms`` not after the payment's last change.
+    """
+    if updated_ms <= state.updated_ms:
+        raise ValueError("a change must come after the payment's updated_at")
+    target = status or "COMPLETED"
+    allowed = PAYMENT_TRANSITIONS.get(state.status, ())
+    if target not in allowed:
+        can = f"only to {' or '.join(allowed)}" if allowed else "no longer"
+        raise ValueError(f"a {state.status} payment can change {can}, not to {target}")
+    if state.status != "COMPLETED":
+        if refund_cents is not None:
+            raise ValueError(f"only a COMPLETED payment can be refunded, not a {state.status} one")
+        return replace(state, status=target, updated_ms=updated_ms, version_token=version_token)
+    remaining = state.total_cents - state.refunded_cents
+    if remaining == 0:
+        raise ValueError("the payment is refunded in full already")
+    amount = max(1, remaining // 2) if refund_cents is None else refund_cents
+    if not 1 <= amount <= remaining:
+        raise ValueError(f"refund_cents must be between 1 and the {remaining} cents left to refund")
+    return replace(
+        state,
+        updated_ms=updated_ms,
+        refunded_cents=state.refunded_cents + amount,
+        refund_ids=(*state.refund_ids, refund_id),
+        version_token=version_token,
+    )

@@ -32,7 +32,8 @@ class Truth:
     Attributes:
         payments: ``{"id", "created_at", "amount_cents", "status", "location_id", ...}`` per payment.
         items: one object per catalog variation, keyed by ``variation_id``.
-        customers: one object per customer, keyed by ``id``.
+        customers: one object per customer ever made, keyed by ``id``; a deleted one has
+            ``is_deleted`` true and ``deleted_at`` (the ``customer.deleted`` event's ``created_at``).
     """
 
     payments: list[dict[str, Any]]

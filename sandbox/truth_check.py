@@ -6,9 +6,11 @@ reads each warehouse table with one query (:mod:`sandbox.truth_warehouse`) and c
 (:mod:`sandbox.truth_compare`): every truth key present exactly once, no other key, every column equal
 (timestamps as instants to the microsecond, money as exact decimals of the truth's cents, NULL only
 where the truth has null; see :mod:`sandbox.truth_columns`), plus payment sums by status and by
-location to the cent. The comparison is written independently of the sync code (it does not reuse the
-row converters in ``schemas/square.py``), so a conversion bug there shows up here instead of agreeing
-with itself. The findings are the types of :mod:`sandbox.truth_report`.
+location to the cent. A customer deleted at Square is expected as a row marked ``is_deleted`` with
+``deleted_at`` (its ``customer.deleted`` event's time), never as a missing row; every other customer
+as ``is_deleted`` false with no ``deleted_at``. The comparison is written independently of the sync
+code (it does not reuse the row converters in ``schemas/square.py``), so a conversion bug there shows
+up here instead of agreeing with itself. The findings are the types of :mod:`sandbox.truth_report`.
 
 This module is the check's entry point and re-exports the names callers use, among them
 :func:`~sandbox.truth.fetch_truth` and :func:`~sandbox.truth.expected_report`. Its per-table loop,

@@ -110,6 +110,9 @@ COLUMNS: dict[str, tuple[CheckedColumn, ...]] = {
         ("creation_source", "creation_source", "str"),
         ("reference_id", "reference_id", "str"),
         ("group_ids", "group_ids", "list"),
+        # False and NULL for a customer Square still serves; set by its customer.deleted event.
+        ("is_deleted", "is_deleted", "bool"),
+        ("deleted_at", "deleted_at", "timestamp"),
     ),
 }
 #: Payment money columns whose sums by status and by location must match to the cent.

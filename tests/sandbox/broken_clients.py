@@ -1,4 +1,4 @@
-"""Small Square-to-BigQuery loaders, one correct and five each with one classic bug, for testing the check.
+"""Small Square-to-BigQuery loaders, one correct and six each with one classic bug, for testing the check.
 
 Each loader pages the real sandbox over HTTP with httpx and loads what it read into the real
 emulator, so the ground-truth check is shown to catch what these bugs do to a real warehouse:
@@ -7,11 +7,13 @@ emulator, so the ground-truth check is shown to catch what these bugs do to a re
 - :class:`OmitsBeginTime` reads without ``begin_time`` (only the last year);
 - :class:`StopsAtShortPage` takes a page shorter than ``limit`` for the last one;
 - :class:`FloatCents` converts cents to dollars through ``float`` and back with ``int()``;
-- :class:`AppendsOnly` appends an incremental read's rows instead of merging them.
+- :class:`AppendsOnly` appends an incremental read's rows instead of merging them;
+- :class:`DropsDeletedCustomers` deletes a customer's row on ``customer.deleted`` instead of marking it.
 
-:class:`CorrectLoader` does all of it right and also loads the catalog and customers. Rows are built
-with the project's converters (``schemas/square.py``); the check never uses them, so agreement
-between the two is itself evidence.
+:class:`CorrectLoader` does all of it right, also loads the catalog and customers, and applies a
+``customer.deleted`` event by writing the customer it carries marked deleted at the event's time.
+Rows are built with the project's converters (``schemas/square.py``); the check never uses them, so
+agreement between the two is itself evidence.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "HISTORY_BEGIN",
     "AppendsOnly",
     "CorrectLoader",
+    "DropsDeletedCustomers",
     "FloatCents",
     "OmitsBeginTime",
     "SkipsListLocations",
@@ -194,6 +197,23 @@ class CorrectLoader:
         self.write(SQUARE_PAYMENTS, rows)
         return len(rows)
 
+    def sync_customers(self) -> None:
+        """Every customer Square serves, in full (deleted ones are not served, so not touched)."""
+        customers = [
+            customer_row(SquareCustomer.model_validate(c), synced_at=SYNCED_AT, message_id=None).model_dump(
+                mode="json", by_alias=True
+            )
+            for c in self.fetch_customers()
+        ]
+        self.write(SQUARE_CUSTOMERS, customers)
+
+    def apply_customer_deleted(self, event: Mapping[str, Any]) -> None:
+        """Apply a ``customer.deleted`` event: its customer, marked deleted at the event's ``created_at``."""
+        customer = SquareCustomer.model_validate(event["data"]["object"]["customer"])
+        deleted_at = datetime.fromisoformat(str(event["created_at"]))
+        row = customer_row(customer, synced_at=SYNCED_AT, message_id=None, deleted_at=deleted_at)
+        self.write(SQUARE_CUSTOMERS, [row.model_dump(mode="json", by_alias=True)])
+
     def sync_all(self) -> None:
         """Payments, catalog items and customers, in full."""
         self.sync_payments()
@@ -204,13 +224,7 @@ class CorrectLoader:
             for row in item_rows(item, synced_at=SYNCED_AT, message_id=None)
         ]
         self.write(SQUARE_ITEMS, item_dicts)
-        customers = [
-            customer_row(SquareCustomer.model_validate(c), synced_at=SYNCED_AT, message_id=None).model_dump(
-                mode="json", by_alias=True
-            )
-            for c in self.fetch_customers()
-        ]
-        self.write(SQUARE_CUSTOMERS, customers)
+        self.sync_customers()
 
 
 class SkipsListLocations(CorrectLoader):
@@ -264,3 +278,15 @@ class AppendsOnly(CorrectLoader):
         config = bigquery.LoadJobConfig(schema=schema, write_disposition="WRITE_APPEND")
         table = f"{self.sink.project}.{self.sink.dataset}.{spec.name}"
         self.sink.client.load_table_from_json(rows, table, job_config=config).result(timeout=120)
+
+
+class DropsDeletedCustomers(CorrectLoader):
+    """Bug: deletes a customer's row on ``customer.deleted``, so the warehouse forgets the customer."""
+
+    def apply_customer_deleted(self, event: Mapping[str, Any]) -> None:
+        """Delete the event's customer from the table."""
+        table = f"{self.sink.project}.{self.sink.dataset}.{SQUARE_CUSTOMERS.name}"
+        config = bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ScalarQueryParameter("id", "STRING", str(event["data"]["id"]))]
+        )
+        self.sink.client.query(f"DELETE FROM `{table}` WHERE id = @id", job_config=config).result(timeout=60)

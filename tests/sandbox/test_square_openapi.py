@@ -1,8 +1,9 @@
-"""Every sandbox response validates against Square's own OpenAPI schemas, in strict mode.
+"""Every sandbox response and webhook event validates against Square's own OpenAPI schemas, in strict mode.
 
 Square's schemas mark almost nothing required and allow any extra property, so a plain validation
 proves little. Here every object schema gets ``additionalProperties: false`` and our own list of
-required fields, and every page of full listings of the small dataset is checked, error bodies too.
+required fields, and every page of full listings of the small dataset is checked, error bodies too,
+and the events the sandbox's changes publish (``PaymentUpdatedEvent``, ``CustomerDeletedEvent``...).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from openapi_schema_validator import OAS30ReadValidator
 
 from sandbox.process import SandboxProcess
 from tests.sandbox.conftest import EPOCH_BEGIN, client_for, paginate
+from tests.sandbox.test_square_webhooks import Receiver
 
 #: The repository root; Square's spec lives in ``shared/specs`` beside it (CI and development).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +52,45 @@ REQUIRED: dict[str, list[str]] = {
     "Customer": ["id", "created_at", "updated_at", "version", "creation_source"],
     "Location": ["id", "name", "status", "currency", "timezone"],
     "Error": ["category", "code"],
+    # Every webhook event: Square's envelope.
+    **{
+        name: ["merchant_id", "type", "event_id", "created_at", "data"]
+        for name in (
+            "PaymentCreatedEvent",
+            "PaymentUpdatedEvent",
+            "CustomerCreatedEvent",
+            "CustomerUpdatedEvent",
+            "CustomerDeletedEvent",
+            "CatalogVersionUpdatedEvent",
+        )
+    },
+    **{
+        name: ["type", "id", "object"]
+        for name in (
+            "PaymentCreatedEventData",
+            "PaymentUpdatedEventData",
+            "CustomerCreatedEventData",
+            "CustomerUpdatedEventData",
+            "CustomerDeletedEventData",
+        )
+    },
+}
+#: What Square's schemas lack but its own examples send: a deletion event's ``data.deleted`` (in the
+#: generic ``EventData`` schema and in the ``CustomerDeletedEvent`` example, not in its data schema).
+PATCHES: dict[str, dict[str, Any]] = {
+    "CustomerDeletedEventData": {"deleted": {"type": "boolean", "nullable": True}},
 }
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _TIMESTAMP_KEYS = {"created_at", "updated_at", "latest_time", "authorized_at", "captured_at", "voided_at"}
+#: The event schema for each event type the sandbox publishes.
+EVENT_SCHEMAS = {
+    "payment.created": "PaymentCreatedEvent",
+    "payment.updated": "PaymentUpdatedEvent",
+    "customer.created": "CustomerCreatedEvent",
+    "customer.updated": "CustomerUpdatedEvent",
+    "customer.deleted": "CustomerDeletedEvent",
+    "catalog.version.updated": "CatalogVersionUpdatedEvent",
+}
 
 
 def spec_path() -> Path:
@@ -79,16 +117,24 @@ def _strict(schema: dict[str, Any], name: str | None = None) -> dict[str, Any]:
 
 @cache
 def strict_components() -> dict[str, Any]:
-    """``components.schemas`` of Square's spec, made strict."""
+    """``components.schemas`` of Square's spec, made strict (and patched, see :data:`PATCHES`)."""
+    schemas = dict(square_spec()["components"]["schemas"])
+    for name, properties in PATCHES.items():
+        schemas[name] = {**schemas[name], "properties": {**schemas[name]["properties"], **properties}}
+    return {"schemas": {name: _strict(schema, name) for name, schema in schemas.items()}}
+
+
+@cache
+def square_spec() -> dict[str, Any]:
+    """Square's OpenAPI document, as published."""
     path = spec_path()
     if not path.is_file():
         raise AssertionError(
             f"Square's OpenAPI document is not at {path}: put the shared/ directory beside the repository "
             "or set POSSYNC_SQUARE_OPENAPI to the file"
         )
-    spec = json.loads(path.read_text())
-    schemas = spec["components"]["schemas"]
-    return {"schemas": {name: _strict(schema, name) for name, schema in schemas.items()}}
+    spec: dict[str, Any] = json.loads(path.read_text())
+    return spec
 
 
 @cache
@@ -259,3 +305,108 @@ def test_error_bodies_validate(square: SandboxProcess, make_square: Callable[...
     # Then each is an error status with a strictly valid Square error body
     assert all(400 <= response.status_code < 600 for response in responses)
     assert_valid("ErrorResponse", [response.json() for response in responses])
+
+
+def test_the_deleted_flag_patch_is_what_squares_own_example_sends() -> None:
+    # Given Square's spec as published
+    schemas = square_spec()["components"]["schemas"]
+
+    # Then a customer.deleted example carries data.deleted, which the generic EventData schema has
+    # and CustomerDeletedEventData lacks: the one property PATCHES adds
+    assert schemas["CustomerDeletedEvent"]["example"]["data"]["deleted"] is True
+    assert schemas["EventData"]["properties"]["deleted"]["type"] == "boolean"
+    assert "deleted" not in schemas["CustomerDeletedEventData"]["properties"]
+    assert set(PATCHES) == {"CustomerDeletedEventData"}
+
+
+def test_changed_records_get_by_id_and_events_validate(make_square: Callable[..., SandboxProcess]) -> None:
+    # Given a sandbox whose payments, customers and catalog are changed in every way it offers
+    sandbox = make_square()
+    admin = sandbox.admin
+    truth = admin.truth("payments")
+    approved = [p["id"] for p in truth if p["status"] == "APPROVED"][:2]
+    completed = next(p["id"] for p in truth if p["status"] == "COMPLETED" and p["refunded_cents"] == 0)
+    customers = admin.truth("customers")
+    grouped = next(c["id"] for c in customers if c["group_ids"])
+    changes = [
+        admin.update_payment(approved[0]),
+        admin.update_payment(approved[1], status="CANCELED"),
+        admin.update_payment(completed, refund_cents=1),
+        admin.update_payment(completed),
+        admin.create_customer(),
+        admin.update_customer(customers[0]["id"]),
+        admin.delete_customer(grouped),
+        admin.touch_catalog(),
+    ]
+    advanced = admin.advance(600, new_payments=2, changed_payments=2)
+
+    # When the changed records are fetched by id, and missing ones asked for
+    with client_for(sandbox) as client:
+        payment_ids = [*approved, completed, *advanced["created"], *advanced["changed"]]
+        payments = [client.get(f"/v2/payments/{payment_id}").json() for payment_id in payment_ids]
+        live = [c["id"] for c in customers[:5] if c["id"] != grouped]
+        fetched = [client.get(f"/v2/customers/{customer_id}").json() for customer_id in live]
+        errors = [client.get(f"/v2/customers/{grouped}").json(), client.get("/v2/customers/NOPE").json()]
+
+    # Then every response validates strictly, and so does every event body, by its type's schema
+    assert_valid("GetPaymentResponse", payments)
+    assert_valid("RetrieveCustomerResponse", fetched)
+    assert_valid("ErrorResponse", errors)
+    events = [change["event"] for change in changes]
+    assert {event["type"] for event in events} == set(EVENT_SCHEMAS) - {"payment.created"}
+    for event in events:
+        assert_valid(EVENT_SCHEMAS[event["type"]], [event])
+    # And the changed payments and customers, as events carry them, validate as resources too
+    assert_valid(
+        "Payment", [e["data"]["object"]["payment"] for e in events if e["type"].startswith("payment")]
+    )
+    assert_valid(
+        "Customer", [e["data"]["object"]["customer"] for e in events if e["type"].startswith("customer")]
+    )
+
+
+def test_delivered_events_validate(make_square: Callable[..., SandboxProcess]) -> None:
+    # Given a sandbox delivering its events to a recording receiver
+    receiver = Receiver()
+    try:
+        sandbox = make_square(webhook_url=receiver.url)
+
+        # When the clock creates and changes payments, and a customer is deleted
+        result = sandbox.admin.advance(600, new_payments=3, changed_payments=3)
+        sandbox.admin.delete_customer(sandbox.admin.truth("customers")[0]["id"])
+        count = len(result["created"]) + len(result["changed"]) + 1
+        bodies = [request.json() for request in receiver.wait_for(count)]
+    finally:
+        receiver.close()
+
+    # Then every body that arrived validates strictly by its type's schema
+    assert sorted(body["type"] for body in bodies) == sorted(
+        ["payment.created"] * len(result["created"])
+        + ["payment.updated"] * len(result["changed"])
+        + ["customer.deleted"]
+    )
+    for body in bodies:
+        assert_valid(EVENT_SCHEMAS[body["type"]], [body])
+
+
+def test_strict_event_validation_rejects_what_square_would_not_send(
+    make_square: Callable[..., SandboxProcess],
+) -> None:
+    # Given real payment.updated and customer.deleted events
+    sandbox = make_square()
+    approved = next(p["id"] for p in sandbox.admin.truth("payments") if p["status"] == "APPROVED")
+    updated = sandbox.admin.update_payment(approved)["event"]
+    deleted = sandbox.admin.delete_customer(sandbox.admin.truth("customers")[0]["id"])["event"]
+
+    # When they gain an envelope field their schema lacks, lose their data, or a payment event
+    # claims a deletion
+    located = {**updated, "location_id": "L1"}
+    bare = {key: value for key, value in deleted.items() if key != "data"}
+    flagged = {**updated, "data": {**updated["data"], "deleted": True}}
+
+    # Then strict validation rejects each, and accepts the originals
+    assert not list(validator("PaymentUpdatedEvent").iter_errors(updated))
+    assert not list(validator("CustomerDeletedEvent").iter_errors(deleted))
+    assert list(validator("PaymentUpdatedEvent").iter_errors(located))
+    assert list(validator("CustomerDeletedEvent").iter_errors(bare))
+    assert list(validator("PaymentUpdatedEvent").iter_errors(flagged))

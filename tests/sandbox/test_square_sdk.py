@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from square import Square
+from square.core.api_error import ApiError
 
 from sandbox.process import SandboxProcess
 from tests.sandbox.conftest import EPOCH_BEGIN
@@ -147,3 +148,30 @@ def test_sdk_reads_customers_to_the_truth(square: SandboxProcess) -> None:
         assert customer.id is not None
         assert customer.version == truth[customer.id]["version"]
         assert customer.creation_source == truth[customer.id]["creation_source"]
+
+
+def test_sdk_gets_changed_records_and_is_refused_deleted_ones(
+    make_square: Callable[..., SandboxProcess],
+) -> None:
+    # Given a sandbox where a payment was captured, a customer updated and another deleted
+    sandbox = make_square()
+    approved = next(p["id"] for p in sandbox.admin.truth("payments") if p["status"] == "APPROVED")
+    captured = sandbox.admin.update_payment(approved)["payment"]
+    first, second = (row["id"] for row in sandbox.admin.truth("customers")[:2])
+    updated = sandbox.admin.update_customer(first)["customer"]
+    sandbox.admin.delete_customer(second)
+    client = sdk(sandbox)
+
+    # When the SDK gets each by id
+    payment = client.payments.get(payment_id=approved).payment
+    customer = client.customers.get(customer_id=first).customer
+    with pytest.raises(ApiError) as refused:
+        client.customers.get(customer_id=second)
+
+    # Then the changes parse into its models, and the deleted customer is a 404 NOT_FOUND
+    assert payment is not None
+    assert (payment.status, payment.updated_at) == ("COMPLETED", captured["updated_at"])
+    assert customer is not None
+    assert (customer.version, customer.reference_id) == (updated["version"], updated["reference_id"])
+    assert refused.value.status_code == 404
+    assert [error.code for error in refused.value.errors] == ["NOT_FOUND"]

@@ -24,6 +24,7 @@ from schemas.tables import SQUARE_CUSTOMERS, SQUARE_ITEMS, SQUARE_PAYMENTS
 from tests.sandbox.broken_clients import (
     AppendsOnly,
     CorrectLoader,
+    DropsDeletedCustomers,
     FloatCents,
     OmitsBeginTime,
     SkipsListLocations,
@@ -33,6 +34,7 @@ from tests.sandbox.broken_clients import (
 from workers.sinks.bigquery import BigQuerySink
 
 PAYMENTS_ONLY = (SQUARE_PAYMENTS.name,)
+CUSTOMERS_ONLY = (SQUARE_CUSTOMERS.name,)
 #: Differences other than the one a bug should cause.
 OTHER_KINDS = ("missing", "duplicates", "unexpected", "mismatched")
 
@@ -257,6 +259,56 @@ def test_merging_the_same_incremental_read_passes(
     assert report.ok, report.summary()
 
 
+def test_deleted_customers_must_be_kept_marked_not_left_live_nor_dropped(
+    make_square: Callable[..., SandboxProcess], load: Any, sink: BigQuerySink
+) -> None:
+    # Given a correct load of customers, then two customers deleted at the sandbox (one in groups)
+    sandbox = make_square()
+    loader = load(CorrectLoader, sandbox)
+    loader.sync_customers()
+    customers = sandbox.admin.truth("customers")
+    grouped = next(c for c in customers if c["group_ids"])
+    plain = next(c for c in customers if not c["group_ids"])
+    deletions = [sandbox.admin.delete_customer(c["id"]) for c in (grouped, plain)]
+    events = [deletion["event"] for deletion in deletions]
+    gone = sorted([grouped["id"], plain["id"]])
+
+    # When the loader syncs customers again but ignores the customer.deleted events
+    loader.sync_customers()
+    ignored = _check(sink, fetch_truth(sandbox.base_url), tables=CUSTOMERS_ONLY)[SQUARE_CUSTOMERS.name]
+
+    # Then both rows still look live: not deleted, no deletion time, and the groups the event dropped
+    assert not ignored.ok
+    assert (ignored.missing, ignored.unexpected, ignored.duplicates) == ([], [], {})
+    assert set(ignored.mismatched) == {"is_deleted", "deleted_at", "group_ids"}
+    assert sorted(m.key for m in ignored.mismatched["is_deleted"].examples) == gone
+    assert {(m.expected, m.actual) for m in ignored.mismatched["is_deleted"].examples} == {(True, False)}
+    assert {m.actual for m in ignored.mismatched["deleted_at"].examples} == {None}
+    assert {m.expected.isoformat() for m in ignored.mismatched["deleted_at"].examples} == {
+        datetime.fromisoformat(deletion["deleted_at"]).isoformat() for deletion in deletions
+    }
+    assert [m.key for m in ignored.mismatched["group_ids"].examples] == [grouped["id"]]
+
+    # When a buggy loader drops deleted customers' rows instead
+    for event in events:
+        load(DropsDeletedCustomers, sandbox).apply_customer_deleted(event)
+    dropped = _check(sink, fetch_truth(sandbox.base_url), tables=CUSTOMERS_ONLY)[SQUARE_CUSTOMERS.name]
+
+    # Then the check finds them missing, and nothing else wrong
+    assert dropped.missing == gone
+    assert (dropped.unexpected, dropped.mismatched) == ([], {})
+
+    # When the correct loader applies each event, twice as a redelivery would, and syncs again
+    for event in events + events:
+        loader.apply_customer_deleted(event)
+    loader.sync_customers()
+    report = _check(sink, fetch_truth(sandbox.base_url), tables=CUSTOMERS_ONLY)
+
+    # Then the warehouse equals the truth: every customer once, the deleted ones marked
+    assert report.ok, report.summary()
+    assert report[SQUARE_CUSTOMERS.name].warehouse_rows == len(customers)
+
+
 def test_single_value_differences_are_found_by_column(
     square: SandboxProcess, load: Any, sink: BigQuerySink
 ) -> None:
@@ -277,12 +329,12 @@ def test_single_value_differences_are_found_by_column(
         f"DELETE FROM `{ref}.square_payments` WHERE id = '{gone['id']}'",
         # (The emulator cannot UPDATE an ARRAY column, so the customer is replaced whole.)
         f"DELETE FROM `{ref}.square_customers` WHERE id = '{customer['id']}'",
-        f"INSERT INTO `{ref}.square_customers`"
-        " (id, created_at, updated_at, version, creation_source, reference_id, group_ids, _synced_at)"
+        f"INSERT INTO `{ref}.square_customers` (id, created_at, updated_at, version, creation_source,"
+        " reference_id, group_ids, is_deleted, _synced_at)"
         f" VALUES ('{customer['id']}', TIMESTAMP '{customer['created_at']}',"
         f" TIMESTAMP '{customer['updated_at']}',"
         f" {customer['version']}, '{customer['creation_source']}',"
-        f" {_sql_string(customer['reference_id'])}, ['GRPX'], CURRENT_TIMESTAMP())",
+        f" {_sql_string(customer['reference_id'])}, ['GRPX'], FALSE, CURRENT_TIMESTAMP())",
         f"UPDATE `{ref}.square_items` SET price = NULL WHERE variation_id = '{item['variation_id']}'",
         f"INSERT INTO `{ref}.square_customers` (id, created_at, updated_at, version, group_ids, _synced_at)"
         " VALUES ('STRANGER', CURRENT_TIMESTAMP(), CURRENT_TIMESTAMP(), 1, [], CURRENT_TIMESTAMP())",
