@@ -187,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole system locally (sandboxes, Redis, BigQuery emulator) and check it",
         description=(
-            "Start a Redis server, the Square and Lightspeed sandboxes, the BigQuery emulator and worker\n"
-            "processes (both queues) on this machine, ignoring every POSSYNC_ endpoint and credential in\n"
-            "the environment (it never touches a real service); backfill both sources' full history with\n"
-            "a progress display, print the report, then compare the warehouse with each sandbox's ground\n"
-            "truth row by row, report included. Exits non-zero on any\n"
-            "difference. The first run builds the emulator's environment (about a minute)."
+            "Start a Redis server, the Square, Lightspeed and Notion sandboxes, the BigQuery emulator,\n"
+            "the webhook receiver, two scheduler replicas and worker processes (every queue) on this\n"
+            "machine, ignoring every POSSYNC_ endpoint and credential in the environment (it never\n"
+            "touches a real service). Backfill both point-of-sale sources' full history with a progress\n"
+            "display; have the sandboxes send signed Notion and Square webhooks and wait until they land;\n"
+            "print the report, then compare the warehouse with each sandbox's ground truth row by row,\n"
+            "report and notion_pages included. Exits non-zero on any difference. The first run builds\n"
+            "the emulator's environment (about a minute)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,9 +1,12 @@
 """``possync demo``: the whole system on one machine, with no account anywhere, checked against the truth.
 
-It starts a Redis server process, the Square and Lightspeed sandboxes, the BigQuery emulator and a
-worker pool on both queues (``possync worker`` in a subprocess, exactly as in production,
-configured only by environment variables), backfills both sandboxes' full history with a progress
-display, prints the report and compares the warehouse with each sandbox's ground truth row by row.
+It starts a Redis server process, the Square, Lightspeed and Notion sandboxes, the BigQuery emulator,
+the webhook receiver, two scheduler replicas and a worker pool on every queue (``possync`` commands in
+subprocesses, exactly as in production, configured only by environment variables); backfills both
+point-of-sale sandboxes' full history with a progress display; then has the sandboxes send signed
+Notion and Square webhooks (page edits, a trash, payment captures and refunds, a customer deleted)
+and waits for them to land; prints the report and compares the warehouse with each sandbox's ground
+truth row by row, ``notion_pages`` included.
 Every ``POSSYNC_`` variable in the caller's environment is ignored for the services it starts, so it
 never touches a real service.
 """
@@ -38,6 +41,14 @@ LIGHTSPEED_HISTORY_DAYS = 365 + 35
 #: 1/s so the demo stays short (pacing follows the headers, whatever they say).
 LIGHTSPEED_BUCKET_SIZE = 90
 LIGHTSPEED_DRIP_RATE = 10.0
+#: The worker pool's queues: every source.
+QUEUES_CONSUMED = ("square", "lightspeed", "notion")
+#: Notion pages the sandbox holds, and events it sends after the backfill.
+NOTION_PAGES = 40
+NOTION_EVENTS = 8
+#: Square payments captured or refunded, and customers deleted, by webhook after the backfill.
+SQUARE_PAYMENT_CHANGES = 3
+SQUARE_CUSTOMER_DELETIONS = 1
 
 
 @dataclass(frozen=True)
@@ -64,28 +75,11 @@ def _say(text: str) -> None:
 
 
 @contextmanager
-def _worker_pool(
-    env: dict[str, str], options: DemoOptions, log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``possync worker`` as a subprocess, stopped gracefully (then killed) on exit."""
+def _service(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``possync ARGV`` as a subprocess, stopped gracefully (then killed) on exit."""
     log_file = log_path.open("ab")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "producers.cli",
-            "worker",
-            "--queues",
-            "square",
-            "lightspeed",
-            "--processes",
-            str(options.processes),
-            "--threads",
-            str(options.threads),
-        ],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "producers.cli", *argv], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
     try:
         yield process
@@ -98,6 +92,35 @@ def _worker_pool(
                 process.kill()
                 process.wait(timeout=10)
         log_file.close()
+
+
+def _worker_argv(options: DemoOptions) -> list[str]:
+    return [
+        "worker",
+        "--queues",
+        *QUEUES_CONSUMED,
+        "--processes",
+        str(options.processes),
+        "--threads",
+        str(options.threads),
+    ]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], deadline_seconds: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200 (the receiver's ``/readyz``)."""
+    import httpx
+
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # polling interval while the server starts
+    raise RuntimeError(f"{url} did not answer 200 within {deadline_seconds:.0f} s")
 
 
 class _Progress:
@@ -129,7 +152,12 @@ class _Progress:
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; returns 0 when the warehouse equals the ground truth."""
     from sandbox.emulator import BigQueryEmulator
-    from sandbox.process import start_lightspeed_sandbox, start_square_sandbox
+    from sandbox.process import (
+        free_port,
+        start_lightspeed_sandbox,
+        start_notion_sandbox,
+        start_square_sandbox,
+    )
     from sandbox.redis_server import RedisServer
 
     started = time.monotonic()
@@ -143,10 +171,19 @@ def run_demo(options: DemoOptions) -> int:
         _say("starting Redis ...")
         redis_server = stack.enter_context(RedisServer.start(appendonly=True, data_dir=work_dir / "redis"))
         _say(f"  {redis_server.url}")
+        # The receiver's port is chosen first: the sandboxes deliver their webhooks to it.
+        receiver_port = free_port()
+        receiver = f"http://127.0.0.1:{receiver_port}"
+        square_signature_key = f"{options.token}-square-signature-key"
         _say("starting the Square sandbox ...")
         sandbox = stack.enter_context(
             start_square_sandbox(
-                payments=options.payments, customers=options.customers, seed=options.seed, token=options.token
+                payments=options.payments,
+                customers=options.customers,
+                seed=options.seed,
+                token=options.token,
+                webhook_url=f"{receiver}/webhooks/square",
+                webhook_signature_key=square_signature_key,
             )
         )
         _say(f"  {sandbox.base_url}")
@@ -170,6 +207,16 @@ def run_demo(options: DemoOptions) -> int:
             )
         )
         _say(f"  {lightspeed.base_url}")
+        _say("starting the Notion sandbox (it signs and delivers events to the receiver) ...")
+        notion = stack.enter_context(
+            start_notion_sandbox(
+                pages=NOTION_PAGES,
+                seed=options.seed,
+                token=f"{options.token}-notion",
+                webhook_url=f"{receiver}/webhooks/notion",
+            )
+        )
+        _say(f"  {notion.base_url}")
         _say("starting the BigQuery emulator (the first run installs it) ...")
         emulator = stack.enter_context(
             BigQueryEmulator.start(
@@ -193,6 +240,13 @@ def run_demo(options: DemoOptions) -> int:
             "bigquery_dataset": DEMO_DATASET,
             "bigquery_endpoint": emulator.endpoint,
             "bigquery_location": "US",
+            "notion_base_url": notion.base_url,
+            "notion_token": f"{options.token}-notion",
+            "webhooks_port": str(receiver_port),
+            "square_webhook_signature_key": square_signature_key,
+            "square_webhook_url": f"{receiver}/webhooks/square",
+            # The scheduler replicas' metrics would share a port on one machine.
+            "scheduler_metrics_port": "0",
         }
         # Endpoints and credentials come from the demo only, never from the caller's environment.
         env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
@@ -200,8 +254,13 @@ def run_demo(options: DemoOptions) -> int:
         env.setdefault("POSSYNC_LOG_FORMAT", "json")
         settings = Settings(**overrides)  # type: ignore[arg-type]
 
+        _say(f"starting the webhook receiver on {receiver} and two scheduler replicas ...")
+        webhooks = stack.enter_context(_service(["webhooks"], env, work_dir / "webhooks.log"))
+        _wait_ready(f"{receiver}/readyz", webhooks)
+        for replica in (1, 2):
+            stack.enter_context(_service(["scheduler"], env, work_dir / f"scheduler-{replica}.log"))
         _say(f"starting {options.processes} worker processes x {options.threads} threads ...")
-        workers = stack.enter_context(_worker_pool(env, options, work_dir / "worker.log"))
+        workers = stack.enter_context(_service(_worker_argv(options), env, work_dir / "worker.log"))
         sync_started = time.monotonic()
         outcome = _backfill_with_progress(settings, sandbox.base_url, lightspeed.base_url, workers)
         sync_seconds = time.monotonic() - sync_started
@@ -209,20 +268,35 @@ def run_demo(options: DemoOptions) -> int:
             _say(f"backfill failed; worker log: {work_dir / 'worker.log'}")
             return outcome
 
-        status = _report_and_check(settings, sandbox.base_url, lightspeed.base_url)
+        events_started = time.monotonic()
+        outcome = _send_webhooks(settings, sandbox.base_url, notion.base_url, workers)
+        events_seconds = time.monotonic() - events_started
+        if outcome != 0:
+            _say(f"webhooks failed; logs: {work_dir / 'webhooks.log'}, {work_dir / 'worker.log'}")
+            return outcome
+
+        status = _report_and_check(settings, sandbox.base_url, lightspeed.base_url, notion.base_url)
         total = time.monotonic() - started
         _say(
             f"demo duration: {total:.1f} s in all; backfill of {options.payments:,} payments, "
-            f"{options.sales:,} sales and {options.items:,} items: {sync_seconds:.1f} s"
+            f"{options.sales:,} sales and {options.items:,} items: {sync_seconds:.1f} s; "
+            f"webhooks sent and landed: {events_seconds:.1f} s"
         )
         if options.keep_running:
             _say("still running (Ctrl-C to stop):")
-            secret = ("square_access_token", "lightspeed_client_secret", "lightspeed_refresh_token")
+            secret = (
+                "square_access_token",
+                "lightspeed_client_secret",
+                "lightspeed_refresh_token",
+                "notion_token",
+                "square_webhook_signature_key",
+            )
             for name, value in overrides.items():
                 if name not in secret:
                     _say(f"  POSSYNC_{name.upper()}={value}")
             _say("  POSSYNC_SQUARE_ACCESS_TOKEN=<the sandbox token: see --sandbox-token>")
-            _say("  POSSYNC_LIGHTSPEED_CLIENT_SECRET, _REFRESH_TOKEN: derived from --sandbox-token")
+            _say("  POSSYNC_LIGHTSPEED_CLIENT_SECRET, _REFRESH_TOKEN, POSSYNC_NOTION_TOKEN,")
+            _say("  POSSYNC_SQUARE_WEBHOOK_SIGNATURE_KEY: derived from --sandbox-token")
             try:
                 while workers.poll() is None:
                     time.sleep(1)
@@ -302,13 +376,90 @@ def _backfill_with_progress(
     return 0
 
 
-def _report_and_check(settings: Settings, square_url: str, lightspeed_url: str) -> int:
+def _send_webhooks(
+    settings: Settings, square_url: str, notion_url: str, workers: subprocess.Popen[bytes]
+) -> int:
+    """Have the sandboxes change records and deliver signed webhooks; wait until every event landed.
+
+    Notion: the one-time verification handshake (the receiver records the token), a batch of page
+    events and a page moved to the trash. Square: payments captured or refunded and customers
+    deleted. Returns 0 when every event was delivered and its messages finished without a dead letter.
+    """
+    import httpx
+    import redis
+
+    from sandbox.truth import fetch_truth
+    from workers.queues import request_progress
+
+    client = redis.Redis.from_url(settings.redis_url)
+    with httpx.Client(timeout=30) as http:
+        handshake = http.post(f"{notion_url}/_sandbox/webhook/handshake").json()
+        if handshake.get("status") != 200:
+            _say(f"the receiver refused Notion's verification handshake: {handshake}")
+            return 1
+        http.post(f"{notion_url}/_sandbox/events/batch", json={"count": NOTION_EVENTS}).raise_for_status()
+        pages = http.get(f"{notion_url}/_sandbox/pages").json()
+        trashed = next(page for page in pages if not page["in_trash"] and not page["purged"])
+        http.post(
+            f"{notion_url}/_sandbox/events", json={"type": "page.deleted", "page_id": trashed["id"]}
+        ).raise_for_status()
+
+        truth = fetch_truth(square_url)
+        approved = [p["id"] for p in truth.payments if p["status"] == "APPROVED"]
+        completed = [p["id"] for p in truth.payments if p["status"] == "COMPLETED"]
+        changed = approved[: SQUARE_PAYMENT_CHANGES // 2 + 1] + completed[: SQUARE_PAYMENT_CHANGES // 2]
+        for payment_id in changed:
+            http.post(f"{square_url}/_sandbox/payments/{payment_id}/update", json={}).raise_for_status()
+        living = [c["id"] for c in truth.customers if not c.get("is_deleted")]
+        for customer_id in living[:SQUARE_CUSTOMER_DELETIONS]:
+            http.post(f"{square_url}/_sandbox/customers/{customer_id}/delete").raise_for_status()
+
+        progress_line = _Progress(sys.stderr)
+        started = time.monotonic()
+        while True:
+            if workers.poll() is not None:
+                raise RuntimeError(f"the worker pool exited with status {workers.returncode}")
+            square = http.get(f"{square_url}/_sandbox/webhooks/deliveries").json()
+            notion = http.get(f"{notion_url}/_sandbox/deliveries").json()
+            events = [("square", d["event_id"]) for d in square] + [
+                ("notion", d["event_id"]) for d in notion["deliveries"] if d["copy"] == "event"
+            ]
+            delivered = sum(1 for d in square if d["delivered"]) + notion["acknowledged"]
+            failed = sum(1 for d in square if d["finished"] and not d["delivered"]) + notion["failed"]
+            progress = [request_progress(client, f"webhook-{provider}-{event}") for provider, event in events]
+            landed = sum(1 for p in progress if p.total and not p.pending)
+            dead = sum(p.dead for p in progress)
+            progress_line.show(
+                f"webhooks: {len(events)} sent, {delivered} acknowledged, {landed} landed, "
+                f"{dead} dead  {time.monotonic() - started:5.1f} s"
+            )
+            if failed or dead:
+                progress_line.done()
+                _say(f"webhooks: {failed} deliveries failed, {dead} messages dead-lettered")
+                return 1
+            if landed == len(events) and not notion["pending"]:
+                progress_line.show(
+                    f"webhooks: {len(events)} sent, acknowledged and landed "
+                    f"in {time.monotonic() - started:.1f} s",
+                    force=True,
+                )
+                progress_line.done()
+                return 0
+            if time.monotonic() - started > 300:
+                progress_line.done()
+                _say("webhooks: not every event landed within 300 s")
+                return 1
+            time.sleep(0.25)  # polling interval of the progress display
+
+
+def _report_and_check(settings: Settings, square_url: str, lightspeed_url: str, notion_url: str) -> int:
     from sandbox.truth_check import check_warehouse, expected_report, fetch_truth
     from sandbox.truth_lightspeed import (
         check_lightspeed_warehouse,
         expected_lightspeed_report,
         fetch_lightspeed_truth,
     )
+    from sandbox.truth_notion import check_notion_warehouse, fetch_notion_truth
     from workers.report import build_report
     from workers.sinks.bigquery import make_bigquery_client
 
@@ -334,7 +485,15 @@ def _report_and_check(settings: Settings, square_url: str, lightspeed_url: str) 
         expected=_figures(expected_lightspeed_report(ls_truth.sales, zone=settings.zone(), now=now)),
         actual=report.lightspeed,
     )
-    return 0 if square_ok and lightspeed_ok else 1
+    _say("checking notion_pages against the Notion sandbox's ground truth, row by row ...")
+    notion_check = check_notion_warehouse(
+        client,
+        project=project,
+        dataset=dataset,
+        truth=fetch_notion_truth(notion_url, notion_version=settings.notion_version),
+    )
+    _say(notion_check.summary())
+    return 0 if square_ok and lightspeed_ok and notion_check.ok else 1
 
 
 def _verdict(source: str, check: Any, *, expected: Figures, actual: Figures | None) -> bool:

@@ -19,9 +19,10 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
     env["POSSYNC_SQUARE_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens: must never be used
     env["POSSYNC_BIGQUERY_ENDPOINT"] = "http://127.0.0.1:9"
     env["POSSYNC_LIGHTSPEED_BASE_URL"] = "http://127.0.0.1:9"
+    env["POSSYNC_NOTION_BASE_URL"] = "http://127.0.0.1:9"
 
     # When the demo runs a small history of both sources with a sentinel token (Lightspeed's fake
-    # client secret and refresh token are derived from it)
+    # client secret and refresh token, Notion's token and Square's webhook key are derived from it)
     work_dir = tmp_path / "demo"
     result = subprocess.run(
         [
@@ -59,6 +60,10 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
     assert "demo duration:" in result.stderr
     assert "Square sandbox's ground truth" in result.stderr
     assert "Lightspeed sandbox's ground truth" in result.stderr
+    # And the webhooks the sandboxes sent landed, notion_pages checked against the Notion truth
+    assert "sent, acknowledged and landed" in result.stderr
+    assert "notion_pages against the Notion sandbox's ground truth" in result.stderr
+    assert "notion_pages: 0 expected" not in result.stderr
     report = json.loads(result.stdout)
     for key in ("todayRevenue", "weekRevenue", "monthRevenue", "yearRevenue", "avgOrderValue"):
         assert key in report
