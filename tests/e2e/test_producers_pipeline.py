@@ -62,7 +62,8 @@ def _start_receiver(system: System, **env: str) -> str:
 
 
 def _request_messages(client: redis.Redis, request_id: str) -> set[str]:
-    return {key.decode() for key in client.hgetall(REQUEST_KEY.format(request_id=request_id))}
+    found: dict[bytes, bytes] = client.hgetall(REQUEST_KEY.format(request_id=request_id))  # type: ignore[assignment]
+    return {key.decode() for key in found}
 
 
 @pytest.fixture
@@ -135,11 +136,11 @@ def test_a_square_payment_update_lands_by_webhook_before_the_next_tick(make_syst
     touched.raise_for_status()
     for event in (deleted.json()["event"], touched.json()["event"]):
         request_id = f"webhook-square-{event['event_id']}"
-        wait_until(
-            lambda request_id=request_id: _request_messages(client, request_id),
-            timeout_seconds=30,
-            message=f"no message for {request_id}",
-        )
+
+        def enqueued(request_id: str = request_id) -> set[str]:
+            return _request_messages(client, request_id)
+
+        wait_until(enqueued, timeout_seconds=30, message=f"no message for {request_id}")
         assert wait_for_request(client, request_id, timeout_seconds=120).dead == 0
     marked = _rows(system, "square_customers", f"id = '{customer}'")
     assert [row["is_deleted"] for row in marked] == [True]
@@ -195,13 +196,12 @@ def test_signed_notion_events_reach_both_tables_once_and_unsigned_ones_nothing(
         interval_seconds=0.25,
         message="the created page never reached notion_pages",
     )
-    settled = wait_until(
-        lambda: (lambda d: d if d["pending"] == 0 else None)(
-            httpx.get(f"{admin}/deliveries", timeout=10).json()
-        ),
-        timeout_seconds=60,
-        message="deliveries never settled",
-    )
+
+    def deliveries_settled() -> dict[str, Any]:
+        deliveries: dict[str, Any] = httpx.get(f"{admin}/deliveries", timeout=10).json()
+        return deliveries if deliveries["pending"] == 0 else {}
+
+    settled = wait_until(deliveries_settled, timeout_seconds=60, message="deliveries never settled")
     assert settled["failed"] == 0, settled
     assert wait_for_request(client, f"webhook-notion-{event_id}", timeout_seconds=60).done == 1
     assert len(_rows(system, "notion_events", f"event_id = '{event_id}'")) == 1
