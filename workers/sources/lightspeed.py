@@ -13,7 +13,7 @@ retried by Dramatiq, as for Square.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -21,17 +21,17 @@ from urllib.parse import quote, urlsplit
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, stop_after_attempt
 
 from workers import metrics
 from workers.errors import (
     RateLimited,
-    RetryableError,
     SourceAuthError,
     SourceRejected,
     SourceUnavailable,
     WorkerError,
 )
+from workers.sources.http_policy import BearerAuth, RetryPolicy
 from workers.sources.lightspeed_auth import SYSTEM, TokenManager
 from workers.sources.lightspeed_pacing import Pacer, parse_bucket_level
 
@@ -70,55 +70,6 @@ def ls_timestamp(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; pass an aware one")
     return moment.astimezone(UTC).replace(microsecond=0).isoformat()
-
-
-class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer`` to a request without keeping the token in a plain string."""
-
-    def __init__(self, token: SecretStr) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = "Bearer " + self._token.get_secret_value()
-        yield request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(token=SecretStr('**********'))"
-
-
-class _RetryPolicy:
-    """Tenacity's wait and retry policy: exponential backoff with jitter, never under Retry-After."""
-
-    def __init__(self, *, initial_seconds: float, max_wait_seconds: float) -> None:
-        self._backoff = wait_exponential_jitter(
-            multiplier=initial_seconds, max=max_wait_seconds, jitter=initial_seconds
-        )
-        self._max_wait_seconds = max_wait_seconds
-
-    @staticmethod
-    def _error(state: RetryCallState) -> BaseException | None:
-        return state.outcome.exception() if state.outcome is not None else None
-
-    def should_retry(self, state: RetryCallState) -> bool:
-        error = self._error(state)
-        if not isinstance(error, RetryableError):
-            return False
-        return (error.retry_after_seconds or 0.0) <= self._max_wait_seconds
-
-    def wait(self, state: RetryCallState) -> float:
-        asked = getattr(self._error(state), "retry_after_seconds", None) or 0.0
-        return max(float(self._backoff(state)), asked)
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        error = self._error(state)
-        log.warning(
-            "source_request_retry",
-            system=SYSTEM,
-            attempt=state.attempt_number,
-            wait_seconds=round(state.upcoming_sleep, 2),
-            error_type=type(error).__name__,
-            status_code=getattr(error, "status_code", None),
-        )
 
 
 class LightspeedClient:
@@ -162,8 +113,8 @@ class LightspeedClient:
         self._pacer = pacer
         self._timeout = httpx.Timeout(timeout_seconds)
         self._attempts = request_attempts
-        self._policy = _RetryPolicy(
-            initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
+        self._policy = RetryPolicy(
+            system=SYSTEM, initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
         )
 
     def __repr__(self) -> str:
@@ -311,7 +262,7 @@ class LightspeedClient:
                 url,
                 params=dict(params) if params else None,
                 headers={"Accept": "application/json"},
-                auth=_BearerAuth(token),
+                auth=BearerAuth(token),
                 timeout=self._timeout,
             )
         except httpx.TimeoutException as exc:

@@ -18,7 +18,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -27,18 +26,18 @@ import httpx
 import redis
 import structlog
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, stop_after_attempt
 
 from schemas.settings import Settings
 from workers import metrics
 from workers.errors import (
     RateLimited,
-    RetryableError,
     SourceAuthError,
     SourceRejected,
     SourceUnavailable,
     WorkerError,
 )
+from workers.sources.http_policy import BearerAuth, RetryPolicy
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
@@ -163,56 +162,6 @@ class RatePacer:
         self._pause(keys=[self.key], args=[max(0.0, seconds), self._allowance])
 
 
-class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer`` to a request without keeping the token in a plain string."""
-
-    def __init__(self, token: SecretStr) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = "Bearer " + self._token.get_secret_value()
-        yield request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(token=SecretStr('**********'))"
-
-
-class _RetryPolicy:
-    """Tenacity's wait and retry policy: exponential backoff with jitter, never under Retry-After."""
-
-    def __init__(self, *, initial_seconds: float, max_wait_seconds: float) -> None:
-        self._backoff = wait_exponential_jitter(
-            multiplier=initial_seconds, max=max_wait_seconds, jitter=initial_seconds
-        )
-        self._max_wait_seconds = max_wait_seconds
-
-    @staticmethod
-    def _error(state: RetryCallState) -> BaseException | None:
-        return state.outcome.exception() if state.outcome is not None else None
-
-    def should_retry(self, state: RetryCallState) -> bool:
-        error = self._error(state)
-        if not isinstance(error, RetryableError):
-            return False
-        return (error.retry_after_seconds or 0.0) <= self._max_wait_seconds
-
-    def wait(self, state: RetryCallState) -> float:
-        asked = getattr(self._error(state), "retry_after_seconds", None) or 0.0
-        return max(float(self._backoff(state)), asked)
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        error = self._error(state)
-        log.warning(
-            "source_request_retry",
-            system=SYSTEM,
-            endpoint=PAGE_ENDPOINT,
-            attempt=state.attempt_number,
-            wait_seconds=round(state.upcoming_sleep, 2),
-            error_type=type(error).__name__,
-            status_code=getattr(error, "status_code", None),
-        )
-
-
 class NotionClient:
     """Reads Notion pages for one integration.
 
@@ -261,11 +210,14 @@ class NotionClient:
             max_wait_seconds=max_request_wait_seconds,
             key=key_prefix + "pacing",
         )
-        self._policy = _RetryPolicy(
-            initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
+        self._policy = RetryPolicy(
+            system=SYSTEM,
+            endpoint=PAGE_ENDPOINT,
+            initial_seconds=retry_initial_seconds,
+            max_wait_seconds=max_request_wait_seconds,
         )
         self._http = httpx.Client(
-            auth=_BearerAuth(token),
+            auth=BearerAuth(token),
             headers={"Notion-Version": version, "Accept": "application/json"},
             timeout=httpx.Timeout(timeout_seconds),
             transport=transport,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -25,17 +25,17 @@ from urllib.parse import quote
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, stop_after_attempt
 
 from workers import metrics
 from workers.errors import (
     RateLimited,
-    RetryableError,
     SourceAuthError,
     SourceRejected,
     SourceUnavailable,
     WorkerError,
 )
+from workers.sources.http_policy import BearerAuth, RetryPolicy
 from workers.sources.shared_pause import SharedPause
 
 __all__ = [
@@ -62,48 +62,6 @@ SortField = Literal["CREATED_AT", "UPDATED_AT", "OFFLINE_CREATED_AT"]
 log = structlog.get_logger(__name__)
 
 
-class _SourcePacing:
-    """Tenacity's wait and retry policy for one request.
-
-    Waits exponentially with full jitter (so a pool does not retry in lockstep) and never less than
-    the ``Retry-After`` the source sent; retries only retryable errors whose asked pause fits within
-    ``max_wait_seconds`` (a longer pause is better spent with the message back on the queue).
-    """
-
-    def __init__(self, *, initial_seconds: float, max_wait_seconds: float) -> None:
-        self._backoff = wait_exponential_jitter(
-            multiplier=initial_seconds, max=max_wait_seconds, jitter=initial_seconds
-        )
-        self._max_wait_seconds = max_wait_seconds
-
-    @staticmethod
-    def _error(state: RetryCallState) -> BaseException | None:
-        return state.outcome.exception() if state.outcome is not None else None
-
-    def should_retry(self, state: RetryCallState) -> bool:
-        error = self._error(state)
-        if not isinstance(error, RetryableError):
-            return False
-        return (error.retry_after_seconds or 0.0) <= self._max_wait_seconds
-
-    def wait(self, state: RetryCallState) -> float:
-        error = self._error(state)
-        asked = getattr(error, "retry_after_seconds", None) or 0.0
-        return max(float(self._backoff(state)), asked)
-
-    @staticmethod
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        log.warning(
-            "source_request_retry",
-            system=SYSTEM,
-            attempt=state.attempt_number,
-            wait_seconds=round(state.upcoming_sleep, 2),
-            error_type=type(error).__name__,
-            status_code=getattr(error, "status_code", None),
-        )
-
-
 def rfc3339(moment: datetime) -> str:
     """Format an aware datetime as the RFC 3339 UTC string Square expects (``...Z``).
 
@@ -113,20 +71,6 @@ def rfc3339(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; pass an aware one")
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer`` to each request without keeping the token in a plain string."""
-
-    def __init__(self, token: SecretStr) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = "Bearer " + self._token.get_secret_value()
-        yield request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(token=SecretStr('**********'))"
 
 
 class SquareClient:
@@ -163,15 +107,15 @@ class SquareClient:
             raise TypeError("token must be a SecretStr")
         self._http = http
         self._base_url = base_url.rstrip("/")
-        self._auth = _BearerAuth(token)
+        self._auth = BearerAuth(token)
         self._headers = {"Square-Version": square_version, "Accept": "application/json"}
         self._timeout = httpx.Timeout(timeout_seconds)
         if request_attempts < 1:
             raise ValueError("request_attempts must be at least 1")
         self._attempts = request_attempts
         self._pause = pause
-        self._pacing = _SourcePacing(
-            initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
+        self._pacing = RetryPolicy(
+            system=SYSTEM, initial_seconds=retry_initial_seconds, max_wait_seconds=max_request_wait_seconds
         )
 
     def __repr__(self) -> str:
