@@ -8,6 +8,7 @@ context manager and carries :class:`SandboxAdmin` helpers for the ``/_sandbox/*`
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -266,18 +267,25 @@ def start_sandbox(
     raise error
 
 
-def _square_arguments(options: dict[str, Any]) -> list[str]:
-    from sandbox.square import build_parser
+def _arguments(system: str, parser: argparse.ArgumentParser, options: dict[str, Any]) -> list[str]:
+    """Command-line arguments for a sandbox's options given by their Python names.
 
-    known = {action.dest for action in build_parser()._actions} - {"help", "host", "port"}
+    Booleans become bare flags, sequences comma-separated values, datetimes ISO 8601.
+
+    Raises:
+        TypeError: on an option the sandbox's parser does not know.
+    """
+    known = {action.dest for action in parser._actions} - {"help", "host", "port"}
     arguments: list[str] = []
     for name, value in options.items():
         if name not in known:
-            raise TypeError(f"unknown Square sandbox option {name!r}; known: {sorted(known)}")
+            raise TypeError(f"unknown {system} sandbox option {name!r}; known: {sorted(known)}")
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             if value:
                 arguments.append(flag)
+        elif isinstance(value, list | tuple):
+            arguments += [flag, ",".join(str(item) for item in value)]
         elif value is not None:
             arguments += [flag, value.isoformat() if isinstance(value, datetime) else str(value)]
     return arguments
@@ -309,7 +317,9 @@ def start_square_sandbox(
         TypeError: on an unknown option.
         SandboxStartError: the process died or was not ready in time.
     """
-    arguments = _square_arguments(options)
+    from sandbox.square import build_parser
+
+    arguments = _arguments("Square", build_parser(), options)
     token = str(options.get("token", "sandbox-token"))
     return start_sandbox(
         "sandbox.square",
@@ -351,17 +361,7 @@ def start_lightspeed_sandbox(
     """
     from sandbox.lightspeed_cli import build_parser
 
-    known = {action.dest for action in build_parser()._actions} - {"help", "host", "port"}
-    arguments: list[str] = []
-    for name, value in options.items():
-        if name not in known:
-            raise TypeError(f"unknown Lightspeed sandbox option {name!r}; known: {sorted(known)}")
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                arguments.append(flag)
-        elif value is not None:
-            arguments += [flag, value.isoformat() if isinstance(value, datetime) else str(value)]
+    arguments = _arguments("Lightspeed", build_parser(), options)
     return start_sandbox(
         "sandbox.lightspeed",
         arguments,
@@ -403,19 +403,7 @@ def start_notion_sandbox(
     """
     from sandbox.notion_cli import DEFAULT_TOKEN, build_parser
 
-    known = {action.dest for action in build_parser()._actions} - {"help", "host", "port"}
-    arguments: list[str] = []
-    for name, value in options.items():
-        if name not in known:
-            raise TypeError(f"unknown Notion sandbox option {name!r}; known: {sorted(known)}")
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                arguments.append(flag)
-        elif isinstance(value, list | tuple):
-            arguments += [flag, ",".join(str(item) for item in value)]
-        elif value is not None:
-            arguments += [flag, value.isoformat() if isinstance(value, datetime) else str(value)]
+    arguments = _arguments("Notion", build_parser(), options)
     return start_sandbox(
         "sandbox.notion",
         arguments,
