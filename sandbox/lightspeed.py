@@ -41,6 +41,7 @@ from sandbox.lightspeed_query import (
     parse_query,
     run_query,
 )
+from sandbox.local_service import serve_app
 
 __all__ = [
     "ITEM",
@@ -204,17 +205,8 @@ def create_app(config: LightspeedSandboxConfig) -> Starlette:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox on uvicorn until interrupted."""
-    import uvicorn
-
     args = build_parser().parse_args(argv)
-    uvicorn.run(
-        create_app(config_from_args(args)),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
+    serve_app(create_app(config_from_args(args)), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["STOP_TIMEOUT_SECONDS", "LocalService", "die_with_parent", "free_port", "log_tail"]
+__all__ = ["STOP_TIMEOUT_SECONDS", "LocalService", "die_with_parent", "free_port", "log_tail", "serve_app"]
 
 #: How long a graceful stop may take before SIGKILL, seconds.
 STOP_TIMEOUT_SECONDS = 10.0
@@ -36,6 +36,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def serve_app(app: Any, *, host: str, port: int) -> None:
+    """Serve a sandbox's ASGI app on uvicorn until interrupted: quiet, no access log, quick to stop."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
 
 
 def die_with_parent() -> None:

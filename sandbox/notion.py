@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sandbox.local_service import serve_app
 from sandbox.notion_admin import NotionAdmin, NotionFaults, NotionMeasurements
 from sandbox.notion_cli import NotionSandboxConfig, build_parser, config_from_args
 from sandbox.notion_data import NotionDataset
@@ -329,17 +330,8 @@ def create_app(config: NotionSandboxConfig) -> Starlette:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox on uvicorn until interrupted."""
-    import uvicorn
-
     args = build_parser().parse_args(argv)
-    uvicorn.run(
-        create_app(config_from_args(args)),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
+    serve_app(create_app(config_from_args(args)), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

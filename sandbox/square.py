@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sandbox.local_service import serve_app
 from sandbox.square_admin import SandboxAdmin
 from sandbox.square_changes import ChangeAdmin
 from sandbox.square_cli import build_parser, config_from_args
@@ -178,23 +179,13 @@ def create_app(config: SquareSandboxConfig) -> Starlette:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox on uvicorn until interrupted."""
-    import uvicorn
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    app = create_app(config)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
+    serve_app(create_app(config), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":
