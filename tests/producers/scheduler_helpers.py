@@ -21,7 +21,8 @@ import redis
 from dramatiq import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
-from producers.scheduler import TICK_KEY, Schedule
+from producers.scheduler import TICK_KEY
+from producers.schedules import Schedule
 from sandbox.local_service import die_with_parent
 from sandbox.process import REPO_ROOT
 from schemas.messages import SQUARE_QUEUE, SYNC_SQUARE_STREAM

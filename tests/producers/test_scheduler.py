@@ -16,14 +16,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, Counter
 
-from producers.scheduler import (
-    LAST_KEY,
-    PENDING_KEY,
-    TICK_KEY,
-    Schedule,
-    Scheduler,
-    parse_schedules,
-)
+from producers.scheduler import LAST_KEY, PENDING_KEY, TICK_KEY, Scheduler
+from producers.schedules import Schedule, parse_schedules
 from sandbox.process import free_port
 from sandbox.redis_server import RedisServer
 from schemas.settings import ConfigError, Settings
