@@ -75,8 +75,9 @@ def run_square_upsert(
 
     Returns:
         What was done: ``upserted``, ``rejected`` (the fetched record failed validation and is in
-        the rejects table), ``deleted`` or ``marked`` (a deletion without the customer's last state,
-        applied to the stored row).
+        the rejects table), ``skipped`` (a payment of a location not in
+        ``POSSYNC_SQUARE_LOCATION_IDS``), ``deleted``, or ``marked`` (a deletion without the
+        customer's last state, applied to the stored row).
 
     Raises:
         InvalidPayload: a deletion of something other than a customer.
@@ -86,6 +87,17 @@ def run_square_upsert(
     clock = time.monotonic()
     if request.deleted_at is None:
         record = source.fetch(stream, request.record_id)
+        locations = settings.square_location_ids
+        if stream == "payments" and locations and record.get("location_id") not in locations:
+            # The syncs read only the configured locations; a webhook must not add others.
+            log.info(
+                "webhook_record_skipped",
+                kind=request.kind,
+                record_id=request.record_id,
+                event_id=request.event_id,
+                reason="location not in POSSYNC_SQUARE_LOCATION_IDS",
+            )
+            return "skipped"
         result = run_records(
             source=source,
             sink=sink,
