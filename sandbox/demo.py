@@ -388,7 +388,6 @@ def _send_webhooks(
     import httpx
     import redis
 
-    from sandbox.truth import fetch_truth
     from workers.queues import request_progress
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -404,14 +403,20 @@ def _send_webhooks(
             f"{notion_url}/_sandbox/events", json={"type": "page.deleted", "page_id": trashed["id"]}
         ).raise_for_status()
 
-        truth = fetch_truth(square_url)
-        approved = [p["id"] for p in truth.payments if p["status"] == "APPROVED"]
-        completed = [p["id"] for p in truth.payments if p["status"] == "COMPLETED"]
+        # A few of the newest payments and customers, read from the API as any client would.
+        token = settings.require_square().get_secret_value()
+        headers = {"Authorization": f"Bearer {token}"}
+        payments = http.get(
+            f"{square_url}/v2/payments", params={"limit": 100, "sort_order": "DESC"}, headers=headers
+        ).json()["payments"]
+        approved = [p["id"] for p in payments if p["status"] == "APPROVED"]
+        completed = [p["id"] for p in payments if p["status"] == "COMPLETED"]
         changed = approved[: SQUARE_PAYMENT_CHANGES // 2 + 1] + completed[: SQUARE_PAYMENT_CHANGES // 2]
         for payment_id in changed:
             http.post(f"{square_url}/_sandbox/payments/{payment_id}/update", json={}).raise_for_status()
-        living = [c["id"] for c in truth.customers if not c.get("is_deleted")]
-        for customer_id in living[:SQUARE_CUSTOMER_DELETIONS]:
+        customers = http.get(f"{square_url}/v2/customers", params={"limit": 10}, headers=headers).json()
+        deleted = [customer["id"] for customer in customers["customers"]][:SQUARE_CUSTOMER_DELETIONS]
+        for customer_id in deleted:
             http.post(f"{square_url}/_sandbox/customers/{customer_id}/delete").raise_for_status()
 
         progress_line = _Progress(sys.stderr)
