@@ -18,11 +18,13 @@ __all__ = [
     "BACKFILL_SQUARE_WINDOW",
     "HANDLE_NOTION_EVENT",
     "LIGHTSPEED_QUEUE",
+    "MIGRATIONS_QUEUE",
     "NOTION_QUEUE",
     "PLAN_LIGHTSPEED_BACKFILL",
     "PLAN_SQUARE_BACKFILL",
     "QUEUES",
     "ROUTES",
+    "RUN_MIGRATION",
     "SOURCE_STREAMS",
     "SQUARE_QUEUE",
     "SYNC_LIGHTSPEED_STREAM",
@@ -30,6 +32,7 @@ __all__ = [
     "UPSERT_SQUARE_RECORD",
     "BackfillRequest",
     "BackfillWindow",
+    "MigrationRequest",
     "Payload",
     "RecordUpsert",
     "Route",
@@ -42,6 +45,7 @@ __all__ = [
 SQUARE_QUEUE = "square"
 LIGHTSPEED_QUEUE = "lightspeed"
 NOTION_QUEUE = "notion"
+MIGRATIONS_QUEUE = "migrations"
 
 Source = Literal["square", "lightspeed"]
 
@@ -51,7 +55,7 @@ SOURCE_STREAMS: dict[str, tuple[str, ...]] = {
     "lightspeed": ("sales", "items"),
 }
 #: Every queue possync uses.
-QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE, NOTION_QUEUE)
+QUEUES: tuple[str, ...] = (SQUARE_QUEUE, LIGHTSPEED_QUEUE, NOTION_QUEUE, MIGRATIONS_QUEUE)
 
 
 def _check_streams(source: str, streams: tuple[str, ...]) -> None:
@@ -162,6 +166,24 @@ class WebhookEvent(Payload):
     raw: str = Field(min_length=2)
 
 
+class MigrationRequest(Payload):
+    """Move a table to a partitioned and clustered layout: plan, copy, verify, swap.
+
+    Carried out by ``workers/migrations.py``.
+
+    ``migration_id`` names the table and the target layout, so asking for the same migration again
+    finds its recorded steps (and, once done, does nothing).
+    """
+
+    migration_id: str = Field(min_length=1, max_length=256)
+    table: str = Field(min_length=1, max_length=1024)
+    partition_field: str = Field(min_length=1, max_length=300)
+    granularity: Literal["HOUR", "DAY", "MONTH", "YEAR"] = "DAY"
+    cluster: tuple[str, ...] = Field(default=(), max_length=4)
+    #: Stop after the plan: report the estimate, change nothing.
+    dry_run: bool = False
+
+
 P = TypeVar("P", bound=Payload)
 
 
@@ -201,6 +223,9 @@ UPSERT_SQUARE_RECORD: Route[RecordUpsert] = Route(
 HANDLE_NOTION_EVENT: Route[WebhookEvent] = Route(
     queue=NOTION_QUEUE, actor="handle_notion_event", payload=WebhookEvent
 )
+RUN_MIGRATION: Route[MigrationRequest] = Route(
+    queue=MIGRATIONS_QUEUE, actor="run_migration", payload=MigrationRequest
+)
 
 
 class SourceRoutes(BaseModel):
@@ -236,6 +261,7 @@ AnyRoute = (
     | Route[BackfillWindow]
     | Route[RecordUpsert]
     | Route[WebhookEvent]
+    | Route[MigrationRequest]
 )
 
 #: Every route by actor name.
@@ -247,4 +273,5 @@ ROUTES: dict[str, AnyRoute] = {
     },
     UPSERT_SQUARE_RECORD.actor: UPSERT_SQUARE_RECORD,
     HANDLE_NOTION_EVENT.actor: HANDLE_NOTION_EVENT,
+    RUN_MIGRATION.actor: RUN_MIGRATION,
 }

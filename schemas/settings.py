@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     #: Staging tables expire on their own after this long, seconds.
     bigquery_staging_ttl_seconds: int = Field(default=86_400, ge=600)
 
+    # Migrations (``possync migrate``, the ``migrations`` queue).
+    #: A migration message may run this long (a CTAS of a large table takes a while), seconds.
+    migration_time_limit_seconds: int = Field(default=6 * 3600, ge=60)
+    #: On-demand query price used for a migration plan's cost estimate, dollars per TiB.
+    bigquery_usd_per_tib: float = Field(default=6.25, ge=0)
+
     # Sync engine.
     batch_max_rows: int = Field(default=50_000, ge=1)
     batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

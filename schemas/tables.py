@@ -32,6 +32,9 @@ layout is decided here and nowhere else. Layout choices, table by table:
 - ``notion_events`` keeps every event received, once per event id (Notion and its retries may
   deliver one event several times): insert-only, partitioned by ``DATE(timestamp)`` (when the change
   happened, which never changes), clustered by ``type``.
+- ``_possync_migrations`` records each step of each migration (plan, copy, verify, swap, done) with
+  its status and details (estimate, differences), so a crashed or retried migration resumes at the
+  step it was on and ``possync migrate status`` can show it. Tiny: not partitioned.
 - ``_possync_rejects`` keeps every record that failed validation with its reason; partitioned by
   ``DATE(rejected_at)`` so old rejects are cheap to scan or expire.
 """
@@ -46,6 +49,7 @@ __all__ = [
     "LIGHTSPEED_PRODUCTS",
     "LIGHTSPEED_TRANSACTIONS",
     "METADATA_COLUMNS",
+    "MIGRATIONS",
     "NOTION_EVENTS",
     "NOTION_PAGES",
     "REJECTS",
@@ -316,6 +320,26 @@ NOTION_EVENTS = TableSpec(
     clustering=("type",),
 )
 
+MIGRATIONS = TableSpec(
+    name="_possync_migrations",
+    description="possync's table migrations, one row per migration and step.",
+    columns=(
+        Column(name="migration_id", type="STRING", mode="REQUIRED"),
+        Column(name="step", type="STRING", mode="REQUIRED", description="plan, copy, verify, swap, done"),
+        Column(name="status", type="STRING", mode="REQUIRED", description="running, done, failed"),
+        Column(name="table_name", type="STRING", mode="REQUIRED", description="the table migrated"),
+        Column(name="started_at", type="TIMESTAMP"),
+        Column(name="finished_at", type="TIMESTAMP"),
+        Column(name="updated_at", type="TIMESTAMP", mode="REQUIRED"),
+        Column(name="details", type="STRING", description="what the step found or did, JSON"),
+        Column(name="request", type="STRING", description="the MigrationRequest, JSON"),
+        *METADATA_COLUMNS,
+    ),
+    key=("migration_id", "step"),
+    version_column="updated_at",
+    clustering=("migration_id",),
+)
+
 #: Every table possync manages, by name.
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
@@ -328,6 +352,7 @@ TABLES: dict[str, TableSpec] = {
         NOTION_PAGES,
         NOTION_EVENTS,
         REJECTS,
+        MIGRATIONS,
     )
 }
 

@@ -12,11 +12,13 @@ really). Label values are bounded sets (source system names); never an id, a URL
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 __all__ = [
     "LIGHTSPEED_REFRESH_REFUSED",
     "LIGHTSPEED_TOKEN_REFRESHES",
+    "MIGRATIONS",
+    "MIGRATION_SECONDS",
     "SCHEDULER_TICKS",
     "SOURCE_RATE_LIMITED",
     "SOURCE_THROTTLE_SECONDS",
@@ -53,4 +55,16 @@ SCHEDULER_TICKS = Counter(
     " a sync), coalesced (claimed, but the stream's last sync is still queued or running), taken"
     " (another replica claimed it), error (Redis failed during the tick; retried).",
     ["source", "stream", "outcome"],
+)
+MIGRATIONS = Counter(
+    "possync_migrations_total",
+    "Table migrations by table and outcome: started, succeeded (swapped, or already in the layout),"
+    " failed (verify found differences, or a permanent error), planned (a dry run).",
+    ["table", "outcome"],
+)
+MIGRATION_SECONDS = Histogram(
+    "possync_migration_duration_seconds",
+    "Wall time of one migration message, seconds, by table and outcome.",
+    ["table", "outcome"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
 )

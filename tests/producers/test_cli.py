@@ -99,7 +99,7 @@ def test_status_json_has_the_promised_shape(redis_url: str) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     empty = {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
-    assert status["queues"] == {"square": empty, "lightspeed": empty, "notion": empty}
+    assert status["queues"] == {"square": empty, "lightspeed": empty, "notion": empty, "migrations": empty}
     assert status["lightspeed"] == {"buckets": {}, "clients": {}}
     assert status["streams"] == {}
     assert status["backfills"] == {}
