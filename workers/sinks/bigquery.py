@@ -59,13 +59,20 @@ from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from schemas.tables import TABLES, TableSpec
-from workers.errors import WarehouseRejected
+from workers.errors import WarehouseRejected, WarehouseUnavailable
 from workers.semaphore import PermitTimeout, TableSemaphore
 from workers.sinks.bigquery_client import (
     TRANSLATED_ERRORS,
     make_bigquery_client,
     query_rows,
     translate_error,
+)
+from workers.sinks.bigquery_schema import (
+    SchemaPlan,
+    compare_schema,
+    evolved_schema,
+    refusal_message,
+    table_layout,
 )
 from workers.sinks.bigquery_sql import (
     MAX_JOB_ATTEMPTS,
@@ -83,6 +90,9 @@ from workers.sinks.bigquery_sql import (
 __all__ = ["BigQuerySink", "WriteResult", "make_bigquery_client", "query_rows", "translate_error"]
 
 _log = structlog.get_logger(__name__)
+#: Attempts to add a table's columns while other processes change it too (each conditional on the
+#: etag read; a lost race re-reads the table and plans again).
+_SCHEMA_UPDATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -167,14 +177,23 @@ class BigQuerySink:
         return f"{self.project}.{self.dataset}.{table}"
 
     def ensure_tables(self, specs: Iterable[TableSpec] = TABLES.values()) -> None:
-        """Create the dataset and these tables if missing (schema, modes, partitioning, clustering).
+        """Create the dataset and these tables if missing; bring existing tables' schemas up to the specs.
 
-        Idempotent; remembered per sink (one per process), so later calls cost nothing.
+        A missing table is created with the spec's schema, modes, partitioning and clustering. An
+        existing one is compared with its spec (``bigquery_schema``): missing columns are added
+        (NULLABLE or REPEATED; a spec-REQUIRED one NULLABLE, as BigQuery cannot add REQUIRED
+        columns), REQUIRED columns the spec has NULLABLE are relaxed, and a partitioning or
+        clustering other than the spec's is logged (``bigquery_table_layout_differs``) but left to
+        a migration. Columns are never dropped or retyped here.
+
+        Idempotent; remembered per sink (one per process) once a table passes, so later calls cost
+        nothing and each table costs one ``get_table`` per process.
 
         Raises:
             InvalidIdentifier: for an invalid name in a spec (before any API call).
-            WarehouseUnavailable: BigQuery failed transiently.
-            WarehouseRejected: BigQuery refused (e.g. no permission).
+            WarehouseUnavailable: BigQuery failed transiently, or the table kept changing under us.
+            WarehouseRejected: BigQuery refused (e.g. no permission), or the table has columns the
+                spec does not know or of another type (named in the message; nothing was changed).
         """
         specs = list(specs)
         for spec in specs:
@@ -190,12 +209,53 @@ class BigQuerySink:
                     self._ensured.add("")
                 for spec in specs:
                     if spec.name not in self._ensured:
-                        self._create_table(spec)
+                        self._ensure_table(spec)
                         self._ensured.add(spec.name)
             except TRANSLATED_ERRORS as exc:
                 raise translate_error(exc, action="create tables") from exc
 
-    def _create_table(self, spec: TableSpec) -> None:
+    def _ensure_table(self, spec: TableSpec) -> None:
+        """Create ``spec``'s table, or check an existing one and add or relax columns to fit it.
+
+        The schema change is conditional on the table's etag: if another process changed the table
+        since it was read (412), or dropped it (404), read it again and plan again.
+
+        Raises:
+            WarehouseRejected: the table has columns unknown to the spec or of another type.
+            WarehouseUnavailable: the table changed under every one of the attempts.
+        """
+        for _ in range(_SCHEMA_UPDATE_ATTEMPTS):
+            try:
+                table = self.client.get_table(
+                    self._ref(spec.name), retry=self._retry, timeout=self.timeout_seconds
+                )
+            except google_exceptions.NotFound:
+                table = self._create_table(spec)
+            plan = compare_schema(spec, table.schema, table_layout(table))
+            refusal = refusal_message(plan)
+            if refusal is not None:
+                raise WarehouseRejected(refusal, system="bigquery")
+            if plan.changes_schema:
+                try:
+                    self._evolve_schema(table, plan)
+                except (google_exceptions.PreconditionFailed, google_exceptions.NotFound):
+                    continue  # changed or dropped since it was read: plan again from what is there now
+            if plan.layout_differs:
+                # A legacy layout: still writable, but it needs a migration (CTAS + swap) to prune.
+                _log.warning(
+                    "bigquery_table_layout_differs",
+                    table=spec.name,
+                    expected=plan.expected_layout.as_dict(),
+                    actual=plan.actual_layout.as_dict(),
+                )
+            return
+        raise WarehouseUnavailable(
+            f"{spec.name} changed under each of {_SCHEMA_UPDATE_ATTEMPTS} attempts to add its columns",
+            system="bigquery",
+        )
+
+    def _create_table(self, spec: TableSpec) -> bigquery.Table:
+        """Create ``spec``'s table; a table created meanwhile by another process is returned instead."""
         table = bigquery.Table(self._ref(spec.name), schema=_schema(spec))
         table.description = spec.description or None
         if spec.partition_field is not None:
@@ -204,19 +264,31 @@ class BigQuerySink:
             )
         if spec.clustering:
             table.clustering_fields = list(spec.clustering)
-        created = self.client.create_table(
+        created: bigquery.Table = self.client.create_table(
             table, exists_ok=True, retry=self._retry, timeout=self.timeout_seconds
         )
-        partitioning = created.time_partitioning
-        field = partitioning.field if partitioning is not None else None
-        if field != spec.partition_field or tuple(created.clustering_fields or ()) != spec.clustering:
-            # A legacy layout: still writable, but it needs the migration (CTAS + swap) to prune.
-            _log.warning(
-                "bigquery_table_layout_differs",
-                table=spec.name,
-                partition_field=field,
-                clustering=created.clustering_fields,
+        return created
+
+    def _evolve_schema(self, table: bigquery.Table, plan: SchemaPlan) -> None:
+        """Add and relax ``plan``'s columns in one ``update_table``, conditional on ``table.etag``.
+
+        Raises:
+            google.api_core.exceptions.PreconditionFailed: the table changed since it was read.
+        """
+        table.schema = evolved_schema(table.schema, plan)
+        self.client.update_table(table, ["schema"], retry=self._retry, timeout=self.timeout_seconds)
+        for column in plan.add:
+            _log.info(
+                "bigquery_column_added",
+                table=plan.table,
+                column=column.name,
+                type=column.type,
+                mode=column.mode,
+                # BigQuery cannot add a REQUIRED column to an existing table; loads still fill it.
+                spec_mode="REQUIRED" if column.name in plan.add_as_nullable else column.mode,
             )
+        for name in plan.relax:
+            _log.info("bigquery_column_relaxed", table=plan.table, column=name, mode="NULLABLE")
 
     def write(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], *, batch_id: str) -> WriteResult:
         """Merge ``rows`` into ``spec``'s table, at most once per batch content.
