@@ -182,6 +182,9 @@ class MigrationRequest(Payload):
     cluster: tuple[str, ...] = Field(default=(), max_length=4)
     #: Stop after the plan: report the estimate, change nothing.
     dry_run: bool = False
+    #: Stop after this step (e.g. copy and verify now, swap at a quiet hour); the same migration
+    #: asked again later resumes at the next step.
+    stop_after: Literal["plan", "copy", "verify"] | None = None
 
 
 P = TypeVar("P", bound=Payload)

@@ -16,9 +16,11 @@ from pydantic import ValidationError
 
 from schemas.messages import (
     HANDLE_NOTION_EVENT,
+    RUN_MIGRATION,
     UPSERT_SQUARE_RECORD,
     BackfillRequest,
     BackfillWindow,
+    MigrationRequest,
     Payload,
     RecordUpsert,
     SyncRequest,
@@ -28,6 +30,7 @@ from schemas.messages import (
 from schemas.settings import Settings
 from workers.broker import send
 from workers.errors import InvalidPayload, PermanentError
+from workers.migrations import run_migration
 from workers.resources import Resources
 from workers.sync import plan_backfill, run_incremental, run_window
 from workers.webhook_work import handle_notion_event, run_square_upsert
@@ -66,7 +69,39 @@ def register_actors(broker: dramatiq.Broker, settings: Settings) -> dict[str, dr
     for source in ("square", "lightspeed"):
         actors.update(_source_actors(broker, resources, source))
     actors.update(_webhook_actors(broker, resources))
+    actors.update(_migration_actor(broker, resources, settings))
     return actors
+
+
+def _migration_actor(
+    broker: dramatiq.Broker, resources: Resources, settings: Settings
+) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """The migration actor, on its own queue with a longer time limit (a CTAS takes a while)."""
+
+    def migrate(payload: dict[str, Any]) -> None:
+        request = _validate(MigrationRequest, payload)
+        context = resources.get()
+        sink = context.sink
+        run_migration(
+            client=sink.client,
+            sink=sink,
+            semaphore=sink.semaphore,
+            project=sink.project,
+            dataset=sink.dataset,
+            location=sink.location,
+            request=request,
+            settings=context.settings,
+            message_id=_message_id(),
+        )
+
+    declare = dramatiq.actor(
+        actor_name=RUN_MIGRATION.actor,
+        queue_name=RUN_MIGRATION.queue,
+        broker=broker,
+        throws=(PermanentError,),
+        time_limit=settings.migration_time_limit_seconds * 1000,
+    )
+    return {RUN_MIGRATION.actor: declare(migrate)}
 
 
 def _webhook_actors(broker: dramatiq.Broker, resources: Resources) -> dict[str, dramatiq.Actor[Any, Any]]:
