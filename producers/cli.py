@@ -52,6 +52,15 @@ def _parse_when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _column_list(text: str) -> tuple[str, ...]:
+    columns = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not columns:
+        raise argparse.ArgumentTypeError("give at least one column, e.g. customer_id,status")
+    if len(columns) > 4:
+        raise argparse.ArgumentTypeError(f"BigQuery clusters by at most 4 columns, not {len(columns)}")
+    return columns
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -76,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["square"],
         choices=list(QUEUES),
-        help="queues to consume: square, lightspeed, notion, or several (default: square)",
+        help="queues to consume: square, lightspeed, notion, migrations, or several (default: square)",
     )
     worker.add_argument("--processes", type=_positive_int, default=2, help="worker processes (default: 2)")
     worker.add_argument("--threads", type=_positive_int, default=4, help="threads per process (default: 4)")
@@ -166,6 +175,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_wait(backfill)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="move a table to a partitioned and clustered layout; list migrations",
+        description=(
+            "Migrations run on the migrations queue (`possync worker --queues migrations`) as recorded\n"
+            "steps in the _possync_migrations table: plan (a dry-run estimate of bytes and cost), copy\n"
+            "(CREATE TABLE ... PARTITION BY ... CLUSTER BY ... AS SELECT with the types of\n"
+            "schemas/tables.py: FLOAT amounts become NUMERIC to the cent), verify (counts, sums, min/max\n"
+            "of the partition column and distinct keys equal the source's), swap (with every writer of\n"
+            "the table held off, TABLE becomes TABLE__backup_<timestamp> and the copy becomes TABLE).\n"
+            "A crashed or retried migration resumes at its step; the same migration again does nothing."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrations = migrate.add_subparsers(dest="migrate_command", required=True, metavar="ACTION")
+    partition = migrations.add_parser(
+        "partition",
+        help="enqueue a migration of TABLE to a partitioned, clustered layout",
+        description="Enqueue a MigrationRequest; the layout defaults to the table's in schemas/tables.py.",
+    )
+    partition.add_argument("table", help="table to migrate, e.g. square_payments")
+    partition.add_argument(
+        "--partition-field",
+        help="TIMESTAMP or DATE column to partition by (default: the table's in the code)",
+    )
+    partition.add_argument(
+        "--granularity",
+        choices=["HOUR", "DAY", "MONTH", "YEAR"],
+        help="partition granularity (default: the table's in the code, DAY for square_payments)",
+    )
+    partition.add_argument(
+        "--cluster",
+        type=_column_list,
+        help="comma-separated clustering columns, at most 4 (default: the table's in the code)",
+    )
+    partition.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only plan: report bytes to process and the cost, change nothing",
+    )
+    partition.add_argument(
+        "--stop-after",
+        choices=["plan", "copy", "verify"],
+        help="stop after this step; the same command without it later resumes at the next step",
+    )
+    _add_wait(partition)
+    migrate_status = migrations.add_parser(
+        "status", help="list migrations and their steps", description="List migrations and their steps."
+    )
+    migrate_status.add_argument("--json", action="store_true", help="print JSON")
+
     status = commands.add_parser(
         "status", help="show queues, streams, backfills and dead letters", description="Show system state."
     )
@@ -237,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "webhooks": _webhooks,
         "sync": _sync,
         "backfill": _backfill,
+        "migrate": _migrate,
         "status": _status,
         "report": _report,
         "demo": _demo,
@@ -273,6 +334,7 @@ def _worker(args: argparse.Namespace) -> int:
         settings.require_lightspeed()
     if "notion" in args.queues:
         settings.require_notion()
+    # The migrations queue needs BigQuery only, like every pool.
     settings.require_bigquery()
     if settings.worker_metrics_port:
         from workers.metrics_env import prepare_worker_metrics
@@ -448,6 +510,72 @@ def _backfill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return _wait_and_report(args, settings, request_id) if args.wait else 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    if args.migrate_command == "status":
+        return _migrate_status(args)
+    from producers.enqueue import enqueue, new_request_id
+    from schemas.messages import RUN_MIGRATION, MigrationRequest
+    from schemas.tables import TABLES
+    from workers.migrations import migration_id_for
+
+    spec = TABLES.get(args.table)
+    if spec is None:
+        known = ", ".join(sorted(name for name in TABLES if not name.startswith("_")))
+        raise CommandError(f"unknown table {args.table!r}: possync manages {known}")
+    field = args.partition_field or spec.partition_field
+    if field is None:
+        raise CommandError(f"{spec.name} has no partition column in the code: give --partition-field")
+    granularity = args.granularity or spec.partition_granularity
+    cluster = args.cluster if args.cluster is not None else spec.clustering
+    settings = _settings()
+    request_id = new_request_id("migrate")
+    request = MigrationRequest(
+        request_id=request_id,
+        migration_id=migration_id_for(spec.name, field, granularity, cluster),
+        table=spec.name,
+        partition_field=field,
+        granularity=granularity,
+        cluster=tuple(cluster),
+        dry_run=args.dry_run,
+        stop_after=args.stop_after,
+    )
+    enqueue(_broker(settings), RUN_MIGRATION, request)
+    print(
+        f"enqueued migration {request.migration_id} ({'dry run' if args.dry_run else 'partition'}) "
+        f"as {request_id}",
+        file=sys.stderr,
+    )
+    if not args.wait:
+        return 0
+    outcome = _wait_and_report(args, settings, request_id)
+    _print_migrations(settings, migration_id=request.migration_id, as_json=False)
+    return outcome
+
+
+def _migrate_status(args: argparse.Namespace) -> int:
+    _print_migrations(_settings(), migration_id=None, as_json=args.json)
+    return 0
+
+
+def _print_migrations(settings: Any, *, migration_id: str | None, as_json: bool) -> None:
+    from workers.migrations import list_migrations
+    from workers.sinks.bigquery import make_bigquery_client
+
+    project = settings.require_bigquery()
+    found = list_migrations(
+        make_bigquery_client(settings), project=project, dataset=settings.bigquery_dataset
+    )
+    if migration_id is not None:
+        found = [migration for migration in found if migration.migration_id == migration_id]
+    if as_json:
+        print(json.dumps([migration.as_dict() for migration in found], indent=2, default=str))
+        return
+    if not found:
+        print("no migrations")
+    for migration in found:
+        print(migration.describe())
 
 
 def _status(args: argparse.Namespace) -> int:
