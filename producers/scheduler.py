@@ -49,6 +49,7 @@ from schemas.messages import SyncRequest, routes_for
 from schemas.settings import ConfigError, Settings
 from workers.broker import REQUEST_KEY, REQUEST_TTL_SECONDS
 from workers.metrics import SCHEDULER_TICKS
+from workers.metrics_state import process_registry
 from workers.state import NAMESPACE, StateStore
 
 __all__ = [
@@ -418,7 +419,10 @@ def run_scheduler(settings: Settings, *, once: bool) -> int:
         if settings.scheduler_metrics_port:
             host, port = settings.scheduler_metrics_host, settings.scheduler_metrics_port
             try:
-                server, _thread = start_http_server(port, addr=host)
+                registry = process_registry(
+                    client, heartbeat_timeout_seconds=settings.worker_heartbeat_timeout_seconds
+                )
+                server, _thread = start_http_server(port, addr=host, registry=registry)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve /metrics on {host}:{port} (POSSYNC_SCHEDULER_METRICS_HOST/PORT; "

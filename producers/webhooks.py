@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 import redis
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -62,6 +62,7 @@ from schemas.messages import NOTION_QUEUE, SQUARE_QUEUE
 from schemas.settings import ConfigError, Settings
 from workers.broker import build_broker
 from workers.metrics import WEBHOOK_EVENTS
+from workers.metrics_state import process_registry
 
 __all__ = [
     "EVENT_KEY",
@@ -186,8 +187,9 @@ def _finish(provider: str, answer: Answer) -> Response:
 class _Receiver:
     """The endpoints, over one intake and its sender threads."""
 
-    def __init__(self, settings: Settings, intake: WebhookIntake) -> None:
+    def __init__(self, settings: Settings, intake: WebhookIntake, registry: CollectorRegistry) -> None:
         self.intake = intake
+        self.registry = registry
         self.sender: BatchSender[Delivery, Answer] = BatchSender(intake.deliver, threads=_SENDER_THREADS)
         self.limit_bytes = settings.webhook_max_body_bytes
         configured = settings.notion_verification_token
@@ -298,7 +300,9 @@ class _Receiver:
         )
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        # Off the event loop: the pipeline state is read from Redis.
+        body = await self.sender.call(lambda: generate_latest(self.registry))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings, *, redis_client: redis.Redis | None = None) -> Starlette:
@@ -315,7 +319,8 @@ def create_app(settings: Settings, *, redis_client: redis.Redis | None = None) -
     # Declared once here, so that concurrent sends never race to declare them.
     for queue in (NOTION_QUEUE, SQUARE_QUEUE):
         broker.declare_queue(queue)
-    receiver = _Receiver(settings, WebhookIntake(redis_client=client, broker=broker))
+    registry = process_registry(client, heartbeat_timeout_seconds=settings.worker_heartbeat_timeout_seconds)
+    receiver = _Receiver(settings, WebhookIntake(redis_client=client, broker=broker), registry)
     document = orjson.dumps(openapi_document(max_body_bytes=settings.webhook_max_body_bytes))
 
     async def openapi(request: Request) -> Response:

@@ -14,6 +14,7 @@ Why the defaults differ from the replaced system's "3 attempts, 5 minutes": see 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -41,6 +42,7 @@ from schemas.messages import Payload, Route
 from schemas.settings import Settings
 
 __all__ = [
+    "CONSUMERS_KEY",
     "DEAD_KEY",
     "REQUEST_KEY",
     "DeadLetters",
@@ -59,6 +61,8 @@ NAMESPACE = "possync"
 DEAD_KEY = NAMESPACE + ":dead:{queue}"
 #: Hash of message id -> state, per request.
 REQUEST_KEY = NAMESPACE + ":request:{request_id}"
+#: Sorted set per queue of the worker processes consuming it, scored by their last heartbeat (Unix s).
+CONSUMERS_KEY = NAMESPACE + ":consumers:{queue}"
 #: How long a request's tracking hash is kept after its last change, seconds.
 REQUEST_TTL_SECONDS = 14 * 86_400
 
@@ -146,20 +150,42 @@ class Maintenance(Middleware):
         if not isinstance(broker, PossyncRedisBroker):
             raise TypeError("Maintenance needs a PossyncRedisBroker")
         self._stop.clear()
+        # The queues this process consumes (``--queues``; all declared ones when not given), for the
+        # per-queue consumer heartbeats that ``possync_queue_consumers`` counts.
+        self._consumed = sorted(
+            queue
+            for queue in (getattr(worker, "consumer_whitelist", None) or broker.get_declared_queues())
+            if not queue.endswith((".DQ", ".XQ"))
+        )
 
         def loop() -> None:
-            while not self._stop.wait(self.interval_seconds):
+            while True:
                 try:
+                    self._beat(broker)
                     broker.maintain(broker.get_declared_queues())
                 except redis.RedisError as exc:
                     # Redis down: the consumers report it too; keep beating when it returns.
                     log.warning("maintenance_failed", error=str(exc))
+                if self._stop.wait(self.interval_seconds):
+                    return
 
         self._thread = threading.Thread(target=loop, name="possync-maintenance", daemon=True)
         self._thread.start()
 
+    def _beat(self, broker: PossyncRedisBroker) -> None:
+        pipe = broker.client.pipeline(transaction=False)
+        for queue in self._consumed:
+            pipe.zadd(CONSUMERS_KEY.format(queue=queue), {broker.broker_id: time.time()})
+        pipe.execute()
+
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         self._stop.set()
+        # A clean stop leaves the consumer count at once; a killed process ages out of it.
+        with contextlib.suppress(redis.RedisError, AttributeError):
+            pipe = broker.client.pipeline(transaction=False)
+            for queue in getattr(self, "_consumed", ()):
+                pipe.zrem(CONSUMERS_KEY.format(queue=queue), broker.broker_id)
+            pipe.execute()
 
 
 class PossyncRetries(Retries):
@@ -334,6 +360,14 @@ class LogContext(Middleware):
             request_id=message_request_id(message),
             attempt=int(message.options.get("retries", 0)) + 1,
         )
+        # Which source and stream the message is about, where its payload says (syncs, windows,
+        # upserts); a payload is validated by the actor, so only plain strings are taken here.
+        kwargs = message.kwargs if isinstance(message.kwargs, dict) else {}
+        payload = kwargs.get("payload")
+        if isinstance(payload, dict):
+            structlog.contextvars.bind_contextvars(
+                **{name: payload[name] for name in ("source", "stream") if isinstance(payload.get(name), str)}
+            )
         self._started.at = time.monotonic()
 
     def after_process_message(

@@ -23,9 +23,10 @@ def setup() -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     broker = build_broker(settings)
     if os.environ.get("dramatiq_prom_db"):  # noqa: SIM112 (Dramatiq's spelling)
-        # Set up by ``possync worker`` (workers/metrics_env.py): serve every process's metrics.
-        from dramatiq.middleware.prometheus import Prometheus
+        # Set up by ``possync worker`` (workers/metrics_env.py): serve every process's metrics and
+        # the pipeline's state from one endpoint.
+        from workers.metrics_server import PoolPrometheus
 
-        broker.add_middleware(Prometheus())
+        broker.add_middleware(PoolPrometheus())
     dramatiq.set_broker(broker)
     register_actors(broker, settings)

@@ -19,13 +19,15 @@ from typing import Any
 import redis
 from dramatiq.message import Message
 
-from workers.broker import DEAD_KEY, REQUEST_KEY
+from workers.broker import CONSUMERS_KEY, DEAD_KEY, REQUEST_KEY
 
 __all__ = [
     "DeadLetter",
     "QueueDepth",
     "RequestProgress",
     "dead_letters",
+    "live_consumers",
+    "oldest_dead_letter_age_seconds",
     "queue_depth",
     "request_progress",
 ]
@@ -164,3 +166,23 @@ def request_progress(client: redis.Redis, request_id: str) -> RequestProgress:
         dead=counts["dead"],
         dead_message_ids=tuple(sorted(dead_ids)),
     )
+
+
+def oldest_dead_letter_age_seconds(client: redis.Redis, queue: str) -> float:
+    """Seconds since the queue's oldest dead letter died, 0 when there is none."""
+    oldest: list[Any] = list(client.zrange(_key(f"{queue}.XQ"), 0, 0, withscores=True))
+    if not oldest:
+        return 0.0
+    return max(0.0, time.time() - float(oldest[0][1]) / 1000)
+
+
+def live_consumers(client: redis.Redis, queue: str, *, heartbeat_timeout_seconds: float) -> int:
+    """Worker processes consuming ``queue`` whose last heartbeat is within the timeout.
+
+    Each worker process beats into a sorted set per queue (:class:`workers.broker.Maintenance`);
+    members older than the timeout are dead (killed, or their machine gone) and are trimmed here.
+    """
+    key = CONSUMERS_KEY.format(queue=queue)
+    cutoff = time.time() - heartbeat_timeout_seconds
+    client.zremrangebyscore(key, "-inf", f"({cutoff}")
+    return int(client.zcount(key, cutoff, "+inf"))

@@ -4,51 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
-import pytest
 import redis
-from dramatiq import Worker
 
 from schemas.settings import Settings
 from tests.polling import wait_until
+from tests.workers.conftest import TEST_QUEUE
 from workers.broker import PossyncRedisBroker, build_broker
 from workers.errors import PermanentError, RateLimited, SourceUnavailable
 from workers.queues import RequestProgress, dead_letters, queue_depth, request_progress
 
-QUEUE = "brokertest"
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[PossyncRedisBroker]:
-    settings = Settings(
-        redis_url=redis_url,
-        max_retries=3,
-        min_backoff_seconds=0.05,
-        max_backoff_seconds=0.2,
-        worker_heartbeat_timeout_seconds=5,
-        worker_maintenance_interval_seconds=0.5,
-    )
-    broker = build_broker(settings)
-    yield broker
-    broker.close()
-
-
-@pytest.fixture
-def run_worker(broker: PossyncRedisBroker) -> Iterator[Any]:
-    workers: list[Worker] = []
-
-    def start() -> Worker:
-        worker = Worker(broker, queues={QUEUE}, worker_threads=2, worker_timeout=100)
-        worker.start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
+QUEUE = TEST_QUEUE
 
 
 def _finished(client: redis.Redis, request_id: str) -> RequestProgress | None:
