@@ -52,7 +52,7 @@ from schemas.messages import MigrationRequest
 from schemas.settings import Settings
 from schemas.tables import MIGRATIONS, TABLES, TableSpec
 from workers.errors import PermanentError, WorkerError
-from workers.metrics import MIGRATION_SECONDS
+from workers.metrics import MIGRATION_SECONDS, observe_bigquery_job
 from workers.metrics import MIGRATIONS as MIGRATIONS_TOTAL
 from workers.semaphore import PermitTimeout, TableSemaphore
 from workers.sinks.bigquery import BigQuerySink
@@ -981,6 +981,15 @@ class _Run:
         created = self.get_table(self.migrating)
         if created is None:
             raise InvalidMigration(f"copy job {job_id} finished but {self.migrating} does not exist")
+        if job.created is not None and job.ended is not None:
+            observe_bigquery_job(
+                "query",
+                self.table,
+                seconds=(job.ended - job.created).total_seconds(),
+                rows=created.num_rows,
+                bytes_billed=job.total_bytes_billed,
+                usd_per_tib=self.settings.bigquery_usd_per_tib,
+            )
         return {
             "attempt": attempt,
             "job_id": job_id,

@@ -20,6 +20,7 @@ from dramatiq.middleware import Middleware
 from schemas.settings import Settings
 from workers.semaphore import TableSemaphore
 from workers.sinks.bigquery import BigQuerySink, make_bigquery_client
+from workers.sources.http_policy import MeteredTransport
 from workers.sources.lightspeed import LightspeedClient
 from workers.sources.lightspeed_auth import TokenManager
 from workers.sources.lightspeed_pacing import Pacer
@@ -56,7 +57,16 @@ class WorkerResources:
         """Build the shared collaborators from settings (validating BigQuery's)."""
         project = settings.require_bigquery()
         client = redis.Redis.from_url(settings.redis_url)
-        http = httpx.Client(timeout=settings.square_timeout_seconds)
+        http = httpx.Client(
+            timeout=settings.square_timeout_seconds,
+            transport=MeteredTransport(
+                [
+                    (settings.lightspeed_token_url, "lightspeed"),
+                    (settings.lightspeed_base_url, "lightspeed"),
+                    (settings.square_base_url, "square"),
+                ]
+            ),
+        )
         sink = BigQuerySink(
             make_bigquery_client(settings),
             project=project,
@@ -65,6 +75,7 @@ class WorkerResources:
             semaphore=TableSemaphore(client, permits=settings.bigquery_merge_permits),
             staging_ttl_seconds=settings.bigquery_staging_ttl_seconds,
             timeout_seconds=settings.bigquery_timeout_seconds,
+            usd_per_tib=settings.bigquery_usd_per_tib,
         )
         return cls(settings=settings, redis=client, http=http, sink=sink, state=StateStore(client))
 

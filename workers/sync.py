@@ -29,6 +29,7 @@ from schemas.settings import Settings
 from schemas.tables import REJECTS, table_for
 from workers.batching import MAX_REASON_CHARS, Batcher, Sink, Writer, reject_row
 from workers.errors import InvalidPayload
+from workers.metrics import ROWS_REJECTED
 from workers.state import StateStore
 
 __all__ = [
@@ -146,6 +147,7 @@ def _load(
                     converted = source.convert(stream, raw, synced_at, message_id)
                 except (ValueError, TypeError, ArithmeticError) as exc:
                     rejected += 1
+                    ROWS_REJECTED.labels(spec.name).inc()
                     writer.submit(
                         rejects.add(reject_row(source.name, stream, raw, exc, synced_at, message_id))
                     )

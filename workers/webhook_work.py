@@ -24,6 +24,7 @@ from schemas.square import SquareCustomer, customer_row
 from schemas.tables import NOTION_EVENTS, NOTION_PAGES, REJECTS, SQUARE_CUSTOMERS, TableSpec
 from workers.batching import Sink, reject_row
 from workers.errors import InvalidPayload
+from workers.metrics import ROWS_REJECTED
 from workers.sources.square_streams import SquareStreams
 from workers.sync import run_records
 
@@ -226,6 +227,7 @@ def _sync_page(
     except ValidationError as exc:
         reject = reject_row("notion", "pages", raw, exc, synced_at, message_id)
         sink.write(REJECTS, [reject], batch_id=f"reject:page:{page_id}")
+        ROWS_REJECTED.labels(NOTION_PAGES.name).inc()
         return "rejected"
     row = page_row(page, synced_at=synced_at, message_id=message_id)
     sink.write(NOTION_PAGES, [row.model_dump(mode="json", by_alias=True)], batch_id=f"page:{page_id}")

@@ -60,6 +60,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from schemas.tables import TABLES, TableSpec
 from workers.errors import WarehouseRejected, WarehouseUnavailable
+from workers.metrics import ROWS_SYNCED, observe_bigquery_job
 from workers.semaphore import PermitTimeout, TableSemaphore
 from workers.sinks.bigquery_client import (
     TRANSLATED_ERRORS,
@@ -161,8 +162,10 @@ class BigQuerySink:
         semaphore: TableSemaphore,
         staging_ttl_seconds: int = 86_400,
         timeout_seconds: float = 300,
+        usd_per_tib: float = 6.25,
     ) -> None:
         self.client = client
+        self.usd_per_tib = usd_per_tib
         self.project = check_identifier("project", project)
         self.dataset = check_identifier("dataset", dataset)
         self.location = location
@@ -337,6 +340,7 @@ class BigQuerySink:
             bytes_billed=result.bytes_billed,
             seconds=round(result.seconds, 3),
         )
+        ROWS_SYNCED.labels(spec.name).inc(result.rows_in)
         return result
 
     def mark_deleted(
@@ -415,6 +419,7 @@ class BigQuerySink:
         for attempt in range(MAX_JOB_ATTEMPTS):
             current = job_id(kind, batch, attempt)
             attached = False
+            started = time.monotonic()
             try:
                 job = create(current)
             except google_exceptions.Conflict:
@@ -433,6 +438,15 @@ class BigQuerySink:
                 job.result(retry=self._retry, timeout=self.timeout_seconds)
             except TRANSLATED_ERRORS as exc:
                 raise translate_error(exc, action=f"{kind} job", job_id=current) from exc
+            rows = job.output_rows if kind == "load" else job.num_dml_affected_rows
+            observe_bigquery_job(
+                kind,
+                batch.table,
+                seconds=time.monotonic() - started,
+                rows=None if attached else rows,
+                bytes_billed=None if attached else getattr(job, "total_bytes_billed", None),
+                usd_per_tib=self.usd_per_tib,
+            )
             return job, attached
         raise WarehouseRejected(
             f"every one of the {MAX_JOB_ATTEMPTS} {kind} job ids of batch {batch.batch_id!r} "

@@ -1,5 +1,5 @@
-"""What every source client shares: bearer auth that keeps the token secret, and the in-place retry
-policy of one request (tenacity).
+"""What every source client shares: bearer auth that keeps the token secret, the in-place retry
+policy of one request (tenacity), and a transport that times every request for Prometheus.
 
 The policy waits exponentially with full jitter (so a pool does not retry in lockstep) and never
 less than the ``Retry-After`` the source sent; it retries only :class:`~workers.errors.RetryableError`
@@ -9,16 +9,19 @@ back on the queue, where Dramatiq's own backoff takes over.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import re
+import time
+from collections.abc import Generator, Sequence
 
 import httpx
 import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from workers import metrics
 from workers.errors import RetryableError
 
-__all__ = ["BearerAuth", "RetryPolicy"]
+__all__ = ["BearerAuth", "MeteredTransport", "RetryPolicy", "endpoint_template"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,3 +88,71 @@ class RetryPolicy:
             error_type=type(error).__name__,
             status_code=getattr(error, "status_code", None),
         )
+
+
+_NUMBERED = re.compile(r"\d")
+#: A path segment this long is an id (Square's ids carry no digit at times), never a resource name.
+_ID_CHARS = 20
+
+
+def endpoint_template(path: str) -> str:
+    """The path with its ids replaced by ``{id}``: a bounded label value.
+
+    A segment is an id when it is all digits, has a digit and is 8 characters or longer (UUIDs,
+    Lightspeed account ids), or is 20 characters or longer; ``/v2``, ``V3`` and ``Sale.json`` stay.
+    """
+    segments = []
+    for segment in path.split("/"):
+        is_id = (
+            segment.isdigit()
+            or (len(segment) >= 8 and _NUMBERED.search(segment) is not None)
+            or len(segment) >= _ID_CHARS
+        )
+        segments.append("{id}" if is_id and segment else segment)
+    return "/".join(segments)
+
+
+class MeteredTransport(httpx.BaseTransport):
+    """Times each request to its response headers, by system, endpoint template and status class.
+
+    Counts ``possync_source_request_duration_seconds`` and, for 401 and 403 answers,
+    ``possync_source_auth_failures_total``. One client may reach several systems (Square and
+    Lightspeed share the workers' client): the system is the first ``systems`` prefix the URL starts
+    with, else ``other``.
+
+    Args:
+        systems: ``(base URL, system name)`` pairs.
+        inner: the transport that sends (default: httpx's own).
+    """
+
+    def __init__(self, systems: Sequence[tuple[str, str]], inner: httpx.BaseTransport | None = None) -> None:
+        self._systems = tuple((base.rstrip("/"), name) for base, name in systems if base)
+        self._inner = inner if inner is not None else httpx.HTTPTransport()
+
+    def _system(self, url: httpx.URL) -> str:
+        text = str(url.copy_with(query=None, fragment=None))
+        for base, name in self._systems:
+            if text == base or text.startswith(base + "/"):
+                return name
+        return "other"
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        system = self._system(request.url)
+        endpoint = endpoint_template(request.url.path)
+        started = time.perf_counter()
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            metrics.SOURCE_REQUEST_SECONDS.labels(system, endpoint, "error").observe(
+                time.perf_counter() - started
+            )
+            raise
+        metrics.SOURCE_REQUEST_SECONDS.labels(system, endpoint, f"{response.status_code // 100}xx").observe(
+            time.perf_counter() - started
+        )
+        if response.status_code in (401, 403):
+            metrics.SOURCE_AUTH_FAILURES.labels(system).inc()
+        return response
+
+    def close(self) -> None:
+        self._inner.close()

@@ -34,7 +34,7 @@ import structlog
 from pydantic import SecretStr
 
 from workers import metrics
-from workers.errors import RateLimited, SourceAuthError, SourceUnavailable
+from workers.errors import RateLimited, SourceAuthError, SourceUnavailable, WorkerError
 
 __all__ = ["DEFAULT_KEY_PREFIX", "REAUTHORISE_HINT", "SYSTEM", "TokenManager"]
 
@@ -186,6 +186,13 @@ class TokenManager:
 
     def _grant(self) -> SecretStr:
         """Run the refresh_token grant (the caller holds the lock) and store what it returns."""
+        try:
+            return self._grant_once()
+        except WorkerError:
+            metrics.LIGHTSPEED_REFRESH_FAILURES.inc()
+            raise
+
+    def _grant_once(self) -> SecretStr:
         refused = self._redis.get(self.refused_key)
         used = self._current_refresh_token(_text(refused) if refused is not None else None)
         if used is None:

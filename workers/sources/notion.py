@@ -37,7 +37,7 @@ from workers.errors import (
     SourceUnavailable,
     WorkerError,
 )
-from workers.sources.http_policy import BearerAuth, RetryPolicy
+from workers.sources.http_policy import BearerAuth, MeteredTransport, RetryPolicy
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
@@ -220,7 +220,7 @@ class NotionClient:
             auth=BearerAuth(token),
             headers={"Notion-Version": version, "Accept": "application/json"},
             timeout=httpx.Timeout(timeout_seconds),
-            transport=transport,
+            transport=MeteredTransport([(base_url, SYSTEM)], inner=transport),
         )
 
     @classmethod

@@ -21,6 +21,7 @@ import pytest
 import redis
 from google.api_core import exceptions as google_exceptions
 from google.cloud import bigquery
+from prometheus_client import REGISTRY
 
 from schemas.settings import Settings
 from schemas.square import CustomerRow
@@ -171,6 +172,34 @@ def test_a_redelivered_batch_reattaches_to_its_job_and_is_not_applied_twice(
     assert snapshot(bq_client, dataset, "square_payments", "id") == before
     merges = jobs_for(bq_client, dataset, "possync_merge_square_payments_")
     assert [job.job_id for job in merges] == [first.merge_job_id]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_written_rows_and_jobs_are_counted_once_per_batch(make_sink: Callable[..., BigQuerySink]) -> None:
+    # Given the counters before a batch of 40 payments
+    sink = make_sink()
+    rows = [payment(index) for index in range(40)]
+    synced = _sample("possync_rows_synced_total", table="square_payments")
+    loads = _sample("possync_bigquery_job_duration_seconds_count", kind="load", table="square_payments")
+    merges = _sample("possync_bigquery_job_duration_seconds_count", kind="merge", table="square_payments")
+    merged_rows = _sample("possync_bigquery_rows_total", kind="merge", table="square_payments")
+
+    # When it is written, then delivered again
+    sink.write(SQUARE_PAYMENTS, rows, batch_id="payments:metrics")
+    sink.write(SQUARE_PAYMENTS, rows, batch_id="payments:metrics")
+
+    # Then its rows, its load and its merge were counted once: the redelivery found its MERGE done
+    assert _sample("possync_rows_synced_total", table="square_payments") == synced + 40
+    assert _sample("possync_bigquery_job_duration_seconds_count", kind="load", table="square_payments") == (
+        loads + 1
+    )
+    assert _sample("possync_bigquery_job_duration_seconds_count", kind="merge", table="square_payments") == (
+        merges + 1
+    )
+    assert _sample("possync_bigquery_rows_total", kind="merge", table="square_payments") == merged_rows + 40
 
 
 def test_a_batch_interrupted_before_its_merge_reattaches_to_its_load_job(
