@@ -7,10 +7,11 @@ Two kinds:
   shared multiprocess directory (set up by :func:`workers.metrics_env.prepare_worker_metrics` in the
   parent, before any process imports prometheus-client), and the pool's one endpoint sums them with
   Dramatiq's own ``dramatiq_*`` message metrics (:mod:`workers.metrics_server`).
-- **Pipeline state** (queue and dead-letter depth, live consumers, sync lag, last successful sync)
-  is read from Redis at scrape time by :class:`workers.metrics_state.PipelineStateCollector`, which
-  every process registers: the worker pools, the scheduler and the webhook receiver all show the same
-  values, so queries take ``max by (...)`` across them.
+- **Pipeline state** (queue and dead-letter depth, live consumers, sync lag, last successful sync,
+  rows synced per table) is read from Redis at scrape time by
+  :class:`workers.metrics_state.PipelineStateCollector`, which every process registers: the worker
+  pools, the scheduler and the webhook receiver all show the same values, so queries take
+  ``max by (...)`` across them.
 
 Label values come from small fixed sets (system, endpoint template, status class, table, queue,
 stream, outcome); never an id, a URL with ids in it, or a secret. Units are base units: seconds,
@@ -38,7 +39,6 @@ __all__ = [
     "MIGRATIONS",
     "MIGRATION_SECONDS",
     "ROWS_REJECTED",
-    "ROWS_SYNCED",
     "SCHEDULER_TICKS",
     "SOURCE_AUTH_FAILURES",
     "SOURCE_RATE_LIMITED",
@@ -91,12 +91,6 @@ LIGHTSPEED_REFRESH_FAILURES = Counter(
 
 # The warehouse.
 
-ROWS_SYNCED = Counter(
-    "possync_rows_synced_total",
-    "Rows of load-and-merge batches written to a warehouse table, by table. A redelivered batch"
-    " whose MERGE had already run is not counted again.",
-    ["table"],
-)
 ROWS_REJECTED = Counter(
     "possync_rows_rejected_total",
     "Source records that failed validation and went to _possync_rejects, by the table they were for.",
@@ -219,6 +213,15 @@ STATE_METRICS: tuple[MetricInfo, ...] = (
         ("source", "stream"),
     ),
     MetricInfo(
+        "possync_rows_synced",
+        "counter",
+        "Rows of load-and-merge batches written to a warehouse table, by table, since Redis was"
+        " created: counted in Redis by whichever worker wrote them, so every process shows the same"
+        " total and it survives restarts. A redelivered batch whose MERGE had already run is not"
+        " counted again.",
+        ("table",),
+    ),
+    MetricInfo(
         "possync_state_up",
         "gauge",
         "1 if this scrape could read the pipeline state from Redis, else 0 (the state series are"
@@ -259,7 +262,6 @@ _PROCESS_METRICS: tuple[MetricWrapperBase, ...] = (
     LIGHTSPEED_TOKEN_REFRESHES,
     LIGHTSPEED_REFRESH_REFUSED,
     LIGHTSPEED_REFRESH_FAILURES,
-    ROWS_SYNCED,
     ROWS_REJECTED,
     BIGQUERY_JOB_SECONDS,
     BIGQUERY_ROWS,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import redis
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.messages import QUEUES
@@ -34,6 +34,11 @@ _INFO = {info.name: info for info in STATE_METRICS}
 def _family(name: str) -> GaugeMetricFamily:
     info: MetricInfo = _INFO[name]
     return GaugeMetricFamily(info.name, info.documentation, labels=list(info.labels))
+
+
+def _counter(name: str) -> CounterMetricFamily:
+    info: MetricInfo = _INFO[name]
+    return CounterMetricFamily(info.name, info.documentation, labels=list(info.labels))
 
 
 class PipelineStateCollector(Collector):
@@ -61,12 +66,12 @@ class PipelineStateCollector(Collector):
         self._queues = tuple(queues)
         self._clock = clock
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         """The families (without samples), so registering does not read Redis."""
-        for name in _INFO:
-            yield _family(name)
+        for name, info in _INFO.items():
+            yield _counter(name) if info.kind == "counter" else _family(name)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """Read Redis once and yield every state family, or only ``possync_state_up 0`` if it failed."""
         up = _family("possync_state_up")
         try:
@@ -80,7 +85,7 @@ class PipelineStateCollector(Collector):
         yield up
         yield from families
 
-    def _read(self) -> list[GaugeMetricFamily]:
+    def _read(self) -> list[Metric]:
         messages = _family("possync_queue_messages")
         dead = _family("possync_dead_letters")
         oldest = _family("possync_dead_letter_oldest_age_seconds")
@@ -105,7 +110,10 @@ class PipelineStateCollector(Collector):
             success = stream.last_success.timestamp()
             lag.add_metric([stream.source, stream.stream], max(0.0, now - success))
             last.add_metric([stream.source, stream.stream], success)
-        return [messages, dead, oldest, consumers, lag, last]
+        rows = _counter("possync_rows_synced")
+        for table, count in sorted(self._state.rows_synced().items()):
+            rows.add_metric([table], count)
+        return [messages, dead, oldest, consumers, lag, last, rows]
 
 
 def process_registry(client: redis.Redis, *, heartbeat_timeout_seconds: float) -> CollectorRegistry:

@@ -57,6 +57,7 @@ class WorkerResources:
         """Build the shared collaborators from settings (validating BigQuery's)."""
         project = settings.require_bigquery()
         client = redis.Redis.from_url(settings.redis_url)
+        state = StateStore(client)
         http = httpx.Client(
             timeout=settings.square_timeout_seconds,
             transport=MeteredTransport(
@@ -76,8 +77,9 @@ class WorkerResources:
             staging_ttl_seconds=settings.bigquery_staging_ttl_seconds,
             timeout_seconds=settings.bigquery_timeout_seconds,
             usd_per_tib=settings.bigquery_usd_per_tib,
+            on_written=state.add_rows_synced,
         )
-        return cls(settings=settings, redis=client, http=http, sink=sink, state=StateStore(client))
+        return cls(settings=settings, redis=client, http=http, sink=sink, state=state)
 
     def source(self, name: str) -> StreamSource:
         """The named source's streams, its client built on first use.

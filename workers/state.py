@@ -195,6 +195,18 @@ class StateStore:
                 states[name] = self._stream_state(source, stream, fields)
         return states
 
+    # Rows written, per table (``possync_rows_synced_total``).
+
+    def add_rows_synced(self, table: str, rows: int) -> None:
+        """Count rows a batch wrote to ``table`` (one HINCRBY: shared by every worker, kept by Redis)."""
+        if rows:
+            self._redis.hincrby(NAMESPACE + "rows_synced", table, rows)
+
+    def rows_synced(self) -> dict[str, int]:
+        """Rows written per table since Redis was created."""
+        counts = self._redis.hgetall(NAMESPACE + "rows_synced")
+        return {_text(table) or "": int(value) for table, value in counts.items()}
+
     # Locks.
 
     def is_locked(self, source: str, stream: str) -> bool:

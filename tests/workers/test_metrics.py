@@ -21,8 +21,9 @@ def test_every_series_name_is_prefixed_snake_case_and_counters_end_in_total() ->
     for name in possync:
         assert not re.search(r"_(milliseconds|ms|minutes|hours|kilobytes|cents)(_|$)", name), name
     assert "possync_rows_synced_total" in series
+    assert "possync_rows_rejected_total" in series
     assert "possync_bigquery_job_duration_seconds_bucket" in series
-    assert {info.name for info in STATE_METRICS} <= series
+    assert frozenset().union(*(info.series() for info in STATE_METRICS)) <= series
 
 
 def test_a_jobs_bytes_billed_become_dollars_at_the_configured_price() -> None:

@@ -108,6 +108,10 @@ def test_sync_lag_is_now_minus_the_start_of_the_last_successful_sync(redis_clien
         registry, "possync_last_successful_sync_timestamp_seconds", source="square", stream="payments"
     ) == (NOW - 120)
     assert _value(registry, "possync_sync_lag_seconds", source="square", stream="customers") is None
+    # And rows counted by any worker show as one total per table
+    state.add_rows_synced("square_payments", 30)
+    state.add_rows_synced("square_payments", 12)
+    assert _value(registry, "possync_rows_synced_total", table="square_payments") == 42
     # And every possync queue is reported
     for queue in QUEUES:
         assert _value(registry, "possync_queue_messages", queue=queue, state="ready") == 0

@@ -48,7 +48,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -60,7 +60,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from schemas.tables import TABLES, TableSpec
 from workers.errors import WarehouseRejected, WarehouseUnavailable
-from workers.metrics import ROWS_SYNCED, observe_bigquery_job
+from workers.metrics import observe_bigquery_job
 from workers.semaphore import PermitTimeout, TableSemaphore
 from workers.sinks.bigquery_client import (
     TRANSLATED_ERRORS,
@@ -147,6 +147,9 @@ class BigQuerySink:
         semaphore: the per-table semaphore every MERGE holds one permit of.
         staging_ttl_seconds: staging tables expire this long after creation, seconds.
         timeout_seconds: deadline for each API call, job wait and permit wait, seconds.
+        usd_per_tib: on-demand price per TiB billed, dollars, for the cost metric.
+        on_written: called with the table and row count of each batch whose MERGE this call ran
+            (workers count them in Redis: ``possync_rows_synced_total``).
 
     Raises:
         InvalidIdentifier: if the project or dataset name is invalid.
@@ -163,9 +166,11 @@ class BigQuerySink:
         staging_ttl_seconds: int = 86_400,
         timeout_seconds: float = 300,
         usd_per_tib: float = 6.25,
+        on_written: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client = client
         self.usd_per_tib = usd_per_tib
+        self.on_written = on_written
         self.project = check_identifier("project", project)
         self.dataset = check_identifier("dataset", dataset)
         self.location = location
@@ -340,7 +345,8 @@ class BigQuerySink:
             bytes_billed=result.bytes_billed,
             seconds=round(result.seconds, 3),
         )
-        ROWS_SYNCED.labels(spec.name).inc(result.rows_in)
+        if self.on_written is not None:
+            self.on_written(spec.name, result.rows_in)
         return result
 
     def mark_deleted(
