@@ -151,6 +151,7 @@ class _Progress:
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; returns 0 when the warehouse equals the ground truth."""
+    from sandbox.demo_metrics import check_metrics, sync_every_stream
     from sandbox.emulator import BigQueryEmulator
     from sandbox.process import (
         free_port,
@@ -245,9 +246,10 @@ def run_demo(options: DemoOptions) -> int:
             "webhooks_port": str(receiver_port),
             "square_webhook_signature_key": square_signature_key,
             "square_webhook_url": f"{receiver}/webhooks/square",
-            # The scheduler replicas' metrics would share a port on one machine.
-            "scheduler_metrics_port": "0",
+            "worker_metrics_port": str(free_port()),
         }
+        # Each scheduler replica serves its /metrics on its own port (they share one machine here).
+        scheduler_ports = [free_port(), free_port()]
         # Endpoints and credentials come from the demo only, never from the caller's environment.
         env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
         env.update({ENV_PREFIX + key.upper(): value for key, value in overrides.items()})
@@ -257,8 +259,17 @@ def run_demo(options: DemoOptions) -> int:
         _say(f"starting the webhook receiver on {receiver} and two scheduler replicas ...")
         webhooks = stack.enter_context(_service(["webhooks"], env, work_dir / "webhooks.log"))
         _wait_ready(f"{receiver}/readyz", webhooks)
-        for replica in (1, 2):
-            stack.enter_context(_service(["scheduler"], env, work_dir / f"scheduler-{replica}.log"))
+        for replica, port in enumerate(scheduler_ports, start=1):
+            replica_env = {**env, ENV_PREFIX + "SCHEDULER_METRICS_PORT": str(port)}
+            stack.enter_context(_service(["scheduler"], replica_env, work_dir / f"scheduler-{replica}.log"))
+        metrics_endpoints = {
+            "worker pool": f"http://127.0.0.1:{overrides['worker_metrics_port']}/metrics",
+            **{
+                f"scheduler {replica}": f"http://127.0.0.1:{port}/metrics"
+                for replica, port in enumerate(scheduler_ports, start=1)
+            },
+            "webhook receiver": f"{receiver}/metrics",
+        }
         _say(f"starting {options.processes} worker processes x {options.threads} threads ...")
         workers = stack.enter_context(_service(_worker_argv(options), env, work_dir / "worker.log"))
         sync_started = time.monotonic()
@@ -274,6 +285,15 @@ def run_demo(options: DemoOptions) -> int:
         if outcome != 0:
             _say(f"webhooks failed; logs: {work_dir / 'webhooks.log'}, {work_dir / 'worker.log'}")
             return outcome
+
+        _say("running an incremental sync of every stream (what each scheduler tick sends) ...")
+        if sync_every_stream(settings) != 0:
+            _say(f"the incremental sync failed; worker log: {work_dir / 'worker.log'}")
+            return 1
+        _say("reading every process's /metrics (queue depth, sync lag, rows synced) ...")
+        if not check_metrics(metrics_endpoints):
+            _say("a process's /metrics lacks queue depth, lag or rows synced")
+            return 1
 
         status = _report_and_check(settings, sandbox.base_url, lightspeed.base_url, notion.base_url)
         total = time.monotonic() - started
@@ -297,6 +317,9 @@ def run_demo(options: DemoOptions) -> int:
             _say("  POSSYNC_SQUARE_ACCESS_TOKEN=<the sandbox token: see --sandbox-token>")
             _say("  POSSYNC_LIGHTSPEED_CLIENT_SECRET, _REFRESH_TOKEN, POSSYNC_NOTION_TOKEN,")
             _say("  POSSYNC_SQUARE_WEBHOOK_SIGNATURE_KEY: derived from --sandbox-token")
+            _say("metrics (curl them):")
+            for name, url in metrics_endpoints.items():
+                _say(f"  {name}: {url}")
             try:
                 while workers.poll() is None:
                     time.sleep(1)

@@ -64,6 +64,11 @@ def test_demo_runs_checks_itself_and_logs_no_secret(tmp_path: Path) -> None:
     assert "sent, acknowledged and landed" in result.stderr
     assert "notion_pages against the Notion sandbox's ground truth" in result.stderr
     assert "notion_pages: 0 expected" not in result.stderr
+    # And the worker pool's, both schedulers' and the receiver's /metrics showed queue depth, lag and
+    # rows synced after the incremental round
+    shown = [line for line in result.stderr.splitlines() if "/metrics: queue depth" in line]
+    assert len(shown) == 4, result.stderr[-3000:]
+    assert all("max lag" in line and "square_payments" in line for line in shown)
     report = json.loads(result.stdout)
     for key in ("todayRevenue", "weekRevenue", "monthRevenue", "yearRevenue", "avgOrderValue"):
         assert key in report
