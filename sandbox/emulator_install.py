@@ -64,7 +64,7 @@ _HOW_TO_GET_PYTHON = (
     "the local BigQuery emulator needs Python 3.13+: install one (e.g. `pyenv install 3.13`, "
     "`uv python install 3.13` or your system's python3.13 package) and put `python3.13` on PATH or set "
     "POSSYNC_EMULATOR_PYTHON to its path; or set POSSYNC_BIGQUERY_ENDPOINT to any BigQuery-compatible "
-    "endpoint (the Go bigquery-emulator in docker-compose, say)"
+    "endpoint (`docker-compose up bigquery-emulator` serves one on http://127.0.0.1:9050)"
 )
 
 # Installs each extension from its wheel into DuckDB's extension directory (under $HOME), then
