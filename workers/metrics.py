@@ -43,9 +43,12 @@ __all__ = [
     "SOURCE_AUTH_FAILURES",
     "SOURCE_RATE_LIMITED",
     "SOURCE_REQUEST_SECONDS",
+    "SOURCE_SYSTEMS",
     "SOURCE_THROTTLE_SECONDS",
     "STATE_METRICS",
     "WEBHOOK_EVENTS",
+    "WEBHOOK_OUTCOMES",
+    "WEBHOOK_PROVIDERS",
     "MetricInfo",
     "exported_series",
     "observe_bigquery_job",
@@ -149,6 +152,28 @@ MIGRATION_SECONDS = Histogram(
     ["table", "outcome"],
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
 )
+
+
+#: Label values created at import, so each series exists at 0 before its first event: ``increase()``
+#: cannot see the first increment of a series that appears at 1.
+SOURCE_SYSTEMS = ("square", "lightspeed", "notion")
+WEBHOOK_PROVIDERS = ("notion", "square")
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "handshake",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "unknown_type",
+    "unavailable",
+)
+for _system in SOURCE_SYSTEMS:
+    for _metric in (SOURCE_RATE_LIMITED, SOURCE_THROTTLE_SECONDS, SOURCE_AUTH_FAILURES):
+        _metric.labels(_system)
+for _provider in WEBHOOK_PROVIDERS:
+    for _outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_EVENTS.labels(_provider, _outcome)
 
 
 @dataclass(frozen=True)
