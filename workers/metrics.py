@@ -51,6 +51,7 @@ __all__ = [
     "WEBHOOK_PROVIDERS",
     "MetricInfo",
     "exported_series",
+    "metric_families",
     "observe_bigquery_job",
 ]
 
@@ -299,7 +300,8 @@ _PROCESS_METRICS: tuple[MetricWrapperBase, ...] = (
 )
 
 
-def _infos() -> Iterable[MetricInfo]:
+def metric_families() -> Iterable[MetricInfo]:
+    """Every metric family some possync process can expose: ours, the Redis state, Dramatiq's."""
     for metric in _PROCESS_METRICS:
         yield MetricInfo(
             metric._name,
@@ -313,7 +315,7 @@ def _infos() -> Iterable[MetricInfo]:
 
 def exported_series() -> frozenset[str]:
     """Every series name some possync process can expose: what dashboards and alerts may query."""
-    return frozenset(name for info in _infos() for name in info.series())
+    return frozenset(name for info in metric_families() for name in info.series())
 
 
 #: Bytes in a tebibyte: on-demand query pricing is per TiB billed.
