@@ -54,7 +54,7 @@ from producers.webhook_checks import (
     unavailable,
 )
 from producers.webhook_intake import EVENT_KEY, NOTION_TOKEN_KEY, WebhookIntake, token_fingerprint
-from producers.webhook_models import MAX_TOKEN_CHARS, NotionHandshake
+from producers.webhook_models import MAX_TOKEN_CHARS, OUTCOMES, NotionHandshake
 from producers.webhook_openapi import NOTION_PATHS, SQUARE_PATH, openapi_document
 from producers.webhook_sender import BatchSender
 from producers.webhook_signatures import NOTION_SIGNATURE_HEADER, SQUARE_SIGNATURE_HEADER
@@ -320,6 +320,10 @@ def create_app(settings: Settings, *, redis_client: redis.Redis | None = None) -
     for queue in (NOTION_QUEUE, SQUARE_QUEUE):
         broker.declare_queue(queue)
     registry = process_registry(client, heartbeat_timeout_seconds=settings.worker_heartbeat_timeout_seconds)
+    # Every provider and outcome at 0 from the start, so increase() sees even the first event.
+    for provider in ("notion", "square"):
+        for outcome in OUTCOMES:
+            WEBHOOK_EVENTS.labels(provider=provider, outcome=outcome)
     receiver = _Receiver(settings, WebhookIntake(redis_client=client, broker=broker), registry)
     document = orjson.dumps(openapi_document(max_body_bytes=settings.webhook_max_body_bytes))
 

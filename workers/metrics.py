@@ -47,8 +47,6 @@ __all__ = [
     "SOURCE_THROTTLE_SECONDS",
     "STATE_METRICS",
     "WEBHOOK_EVENTS",
-    "WEBHOOK_OUTCOMES",
-    "WEBHOOK_PROVIDERS",
     "MetricInfo",
     "exported_series",
     "metric_families",
@@ -156,25 +154,12 @@ MIGRATION_SECONDS = Histogram(
 
 
 #: Label values created at import, so each series exists at 0 before its first event: ``increase()``
-#: cannot see the first increment of a series that appears at 1.
+#: cannot see the first increment of a series that appears at 1. (The receiver does the same for its
+#: webhook outcomes.)
 SOURCE_SYSTEMS = ("square", "lightspeed", "notion")
-WEBHOOK_PROVIDERS = ("notion", "square")
-WEBHOOK_OUTCOMES = (
-    "accepted",
-    "duplicate",
-    "handshake",
-    "bad_signature",
-    "malformed",
-    "too_large",
-    "unknown_type",
-    "unavailable",
-)
 for _system in SOURCE_SYSTEMS:
     for _metric in (SOURCE_RATE_LIMITED, SOURCE_THROTTLE_SECONDS, SOURCE_AUTH_FAILURES):
         _metric.labels(_system)
-for _provider in WEBHOOK_PROVIDERS:
-    for _outcome in WEBHOOK_OUTCOMES:
-        WEBHOOK_EVENTS.labels(_provider, _outcome)
 
 
 @dataclass(frozen=True)
