@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON")
 
+    _add_dlq_parser(commands)
+
     report = commands.add_parser(
         "report",
         help="print revenue figures from the warehouse",
@@ -299,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backfill": _backfill,
         "migrate": _migrate,
         "status": _status,
+        "dlq": _dlq,
         "report": _report,
         "demo": _demo,
     }
@@ -583,6 +586,231 @@ def _status(args: argparse.Namespace) -> int:
 
     status = collect_status(_redis(_settings()))
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
+_DLQ_DESCRIPTION = """\
+Dead letters are messages that failed for good: a permanent error (400, 401, 403, an invalid payload)
+or every retry spent (POSSYNC_MAX_RETRIES). Each keeps its payload and its last error until it is
+replayed or purged; Dramatiq drops it by itself POSSYNC_DEAD_LETTER_TTL_DAYS (default 30) after
+it died.
+
+Fix the cause first (restore the token, wait out the outage), then replay: a replayed message is a
+new message with the same actor and payload, its full retries and a new request id that --wait
+follows. Replaying is safe even twice: every write is an idempotent MERGE on the record's key.
+"""
+
+_DLQ_EXAMPLES = """\
+examples:
+  possync dlq list                              # every dead letter: id, queue, actor, age, retries, error
+  possync dlq list --queue square --json
+  possync dlq show 5d0c4c52                     # one in full (an id or a unique prefix), payload included
+  possync dlq replay 5d0c4c52 --wait            # replay one, follow it to its end
+  possync dlq replay --all --queue square --wait
+  possync dlq purge --older-than 7d             # asks first; --yes to skip the question
+"""
+
+
+def _duration(text: str) -> float:
+    from producers.dlq import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_dlq_parser(commands: Any) -> None:
+    """``possync dlq list|show|replay|purge``."""
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, show, replay or purge dead-lettered messages",
+        description=_DLQ_DESCRIPTION,
+        epilog=_DLQ_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    queue_help = f"only this queue's dead letters (default: every queue: {', '.join(QUEUES)})"
+
+    listing = actions.add_parser(
+        "list",
+        help="list dead letters, oldest first",
+        description="List dead letters, oldest first: id, queue, actor, age since death, retries, error.",
+        epilog="examples:\n  possync dlq list\n  possync dlq list --queue lightspeed --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--queue", choices=list(QUEUES), help=queue_help)
+    listing.add_argument("--json", action="store_true", help="print JSON (payloads and expiry included)")
+
+    show = actions.add_parser(
+        "show",
+        help="show one dead letter in full, payload and last error included",
+        description="Show one dead letter in full: ids, times, retries, last error and payload.",
+        epilog="examples:\n  possync dlq show 5d0c4c52-8f0e-4d8b-9c55-0a1b2c3d4e5f\n  possync dlq show 5d0c",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("id", help="the message id, or a prefix only one dead letter's id starts with")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+    replay = actions.add_parser(
+        "replay",
+        help="put dead letters back on their queues (fix the cause first)",
+        description=(
+            "Enqueue each chosen dead letter again as a new message (same actor and payload, full\n"
+            "retries, a new request id for --wait), then remove it and its recorded error. A crash in\n"
+            "between leaves the dead letter in place; replaying it again is harmless, since every\n"
+            "write is idempotent. What was replayed goes to stderr; with --wait, stdout is the\n"
+            "request's summary as for every --wait."
+        ),
+        epilog=(
+            "examples:\n  possync dlq replay 5d0c4c52 9a1b77e0 --wait\n"
+            "  possync dlq replay --all --queue square --wait --timeout 600\n"
+            "  possync dlq replay --all --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID", help="message ids (or unique prefixes) to replay")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter (of --queue)")
+    replay.add_argument("--queue", choices=list(QUEUES), help=queue_help)
+    replay.add_argument("--json", action="store_true", help="without --wait: print what was replayed as JSON")
+    _add_wait(replay)
+
+    purge = actions.add_parser(
+        "purge",
+        help="remove dead letters older than a duration, for good (asks first)",
+        description=(
+            "Remove dead letters that died longer ago than --older-than, with their recorded errors,\n"
+            "after listing them and asking (on a terminal; elsewhere pass --yes). Also drops errors\n"
+            "still recorded for dead letters Dramatiq already expired."
+        ),
+        epilog=(
+            "examples:\n  possync dlq purge --older-than 7d\n"
+            "  possync dlq purge --older-than 12h --queue notion --yes"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="dead for longer than this: 7d, 12h, 30m, 45s, 2w or combined (1d12h)",
+    )
+    purge.add_argument("--queue", choices=list(QUEUES), help=queue_help)
+    purge.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    purge.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from producers import dlq
+
+    settings = _settings()
+    client = _redis(settings)
+    queues = (args.queue,) if getattr(args, "queue", None) else QUEUES
+    try:
+        if args.dlq_command == "list":
+            return _dlq_list(args, settings, dlq.list_dead_letters(client, queues))
+        if args.dlq_command == "show":
+            return _dlq_show(args, settings, dlq.find_dead_letters(client, queues, [args.id]))
+        if args.dlq_command == "replay":
+            if bool(args.ids) == args.all:
+                raise CommandError("give the ids of the dead letters to replay, or --all (not both)")
+            if args.ids:
+                return _dlq_replay(args, settings, client, dlq.find_dead_letters(client, queues, args.ids))
+            return _dlq_replay(args, settings, client, dlq.list_dead_letters(client, queues))
+    except dlq.DeadLetterNotFound as exc:
+        raise CommandError(str(exc)) from None
+    return _dlq_purge(args, settings, client, queues)
+
+
+def _dlq_views(settings: Any, letters: list[Any]) -> list[dict[str, Any]]:
+    from producers.dlq import letter_view
+
+    return [letter_view(letter, ttl_seconds=settings.dead_letter_ttl_days * 86_400) for letter in letters]
+
+
+def _on_queue(args: argparse.Namespace) -> str:
+    return f" on {args.queue}" if args.queue else ""
+
+
+def _dlq_list(args: argparse.Namespace, settings: Any, letters: list[Any]) -> int:
+    from producers.dlq import format_table, letters_phrase
+
+    rows = _dlq_views(settings, letters)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no dead letters" + _on_queue(args))
+    else:
+        print(format_table(rows))
+        print(letters_phrase(len(rows)))
+    return 0
+
+
+def _dlq_show(args: argparse.Namespace, settings: Any, letters: list[Any]) -> int:
+    from producers.dlq import format_detail
+
+    view = _dlq_views(settings, letters)[0]
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(format_detail(view, ttl_days=settings.dead_letter_ttl_days))
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace, settings: Any, client: Any, letters: list[Any]) -> int:
+    from producers.dlq import letters_phrase, replay_dead_letters
+    from producers.enqueue import new_request_id
+
+    if not letters:
+        print("no dead letters to replay" + _on_queue(args), file=sys.stderr)
+        return 0
+    result = replay_dead_letters(client, _broker(settings), letters, request_id=new_request_id("replay"))
+    print(f"replayed {letters_phrase(len(result.replayed))} as request {result.request_id}", file=sys.stderr)
+    for done in result.replayed:
+        print(f"  {done.message_id} -> {done.replayed_as}  {done.queue}  {done.actor}", file=sys.stderr)
+    for left in result.not_replayed:
+        print(f"  NOT replayed {left.message_id} ({left.actor}): {left.reason}", file=sys.stderr)
+    outcome = 1 if result.not_replayed else 0
+    if args.wait and result.replayed:
+        return max(outcome, _wait_and_report(args, settings, result.request_id))
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    return outcome
+
+
+def _dlq_purge(args: argparse.Namespace, settings: Any, client: Any, queues: Sequence[str]) -> int:
+    import time as clock
+
+    from producers.dlq import format_age, format_table, letters_phrase, list_dead_letters, purge_dead_letters
+
+    now = clock.time()
+    letters = [
+        letter for letter in list_dead_letters(client, queues) if now - letter.dead_since > args.older_than
+    ]
+    older = format_age(args.older_than)
+    if letters and not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(
+                f"{letters_phrase(len(letters))} older than {older} to remove, and stdin is not a "
+                "terminal to confirm on: pass --yes to remove them without asking"
+            )
+        print(format_table(_dlq_views(settings, letters)), file=sys.stderr)
+        these = "this" if len(letters) == 1 else "these"
+        print(f"Remove {these} {letters_phrase(len(letters))} for good? [y/N] ", end="", file=sys.stderr)
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in {"y", "yes"}:
+            print("nothing removed", file=sys.stderr)
+            return 1
+    removed = _dlq_views(settings, letters)
+    count = purge_dead_letters(client, letters, queues=queues, older_than_seconds=args.older_than, now=now)
+    if args.json:
+        print(json.dumps({"removed": count, "dead_letters": removed}, indent=2))
+    elif not letters:
+        print(f"no dead letters older than {older}" + _on_queue(args))
+    else:
+        print(f"removed {letters_phrase(count)} older than {older}:")
+        print(format_table(removed))
     return 0
 
 

@@ -25,11 +25,16 @@ __all__ = [
     "DeadLetter",
     "QueueDepth",
     "RequestProgress",
+    "StoredDeadLetter",
+    "dead_letter_present",
     "dead_letters",
     "live_consumers",
     "oldest_dead_letter_age_seconds",
     "queue_depth",
+    "remove_dead_letters",
+    "remove_orphan_dead_letter_errors",
     "request_progress",
+    "stored_dead_letters",
 ]
 
 DRAMATIQ_NAMESPACE = "dramatiq"
@@ -186,3 +191,103 @@ def live_consumers(client: redis.Redis, queue: str, *, heartbeat_timeout_seconds
     cutoff = time.time() - heartbeat_timeout_seconds
     client.zremrangebyscore(key, "-inf", f"({cutoff}")
     return int(client.zcount(key, cutoff, "+inf"))
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A dead letter as Redis holds it, for the tools that replay or remove it.
+
+    Dramatiq files each dead letter under its *Redis* entry id (a fresh uuid per enqueue, in the
+    message's ``redis_message_id`` option), not under the message id people see; ``redis_id`` is
+    that entry id, which removing the letter needs.
+    """
+
+    redis_id: str
+    queue: str
+    message: Message[Any]
+    #: When Dramatiq dead-lettered it (its score in ``<q>.XQ``), Unix seconds.
+    dead_since: float
+    #: possync's record of the last error (``possync:dead:<q>``), ``{}`` if none was recorded.
+    error: dict[str, Any]
+
+    @property
+    def message_id(self) -> str:
+        """The message id (Dramatiq's), as logs, ``possync status`` and ``--wait`` show it."""
+        return self.message.message_id
+
+
+def stored_dead_letters(client: redis.Redis, queue: str) -> list[StoredDeadLetter]:
+    """Every dead letter of ``queue`` with its Redis entry id and recorded error, oldest first."""
+    entries: list[Any] = list(client.zrange(_key(f"{queue}.XQ"), 0, -1, withscores=True))
+    if not entries:
+        return []
+    bodies = client.hmget(_key(f"{queue}.XQ.msgs"), [entry[0] for entry in entries])
+    errors = {_text(k): v for k, v in client.hgetall(DEAD_KEY.format(queue=queue)).items()}
+    letters = []
+    for (redis_id, score), body in zip(entries, bodies, strict=True):
+        if body is None:  # expired between the two reads
+            continue
+        message = Message.decode(body if isinstance(body, bytes) else body.encode())
+        raw_error = errors.get(message.message_id)
+        error = json.loads(raw_error) if raw_error else {}
+        letters.append(
+            StoredDeadLetter(
+                redis_id=_text(redis_id),
+                queue=queue,
+                message=message,
+                dead_since=float(score) / 1000,
+                error=error if isinstance(error, dict) else {},
+            )
+        )
+    return letters
+
+
+def dead_letter_present(client: redis.Redis, letter: StoredDeadLetter) -> bool:
+    """True while ``letter`` is still among its queue's dead letters (not replayed, purged or expired)."""
+    return client.zscore(_key(f"{letter.queue}.XQ"), letter.redis_id) is not None
+
+
+def remove_dead_letters(client: redis.Redis, letters: Iterable[StoredDeadLetter]) -> int:
+    """Remove dead letters and their recorded errors, in one transaction per queue.
+
+    A letter already gone (replayed, purged or expired meanwhile) is skipped.
+
+    Returns:
+        How many of ``letters`` were still there and are now removed.
+    """
+    by_queue: dict[str, list[StoredDeadLetter]] = {}
+    for letter in letters:
+        by_queue.setdefault(letter.queue, []).append(letter)
+    removed = 0
+    for queue, group in by_queue.items():
+        pipe = client.pipeline(transaction=True)
+        pipe.zrem(_key(f"{queue}.XQ"), *[letter.redis_id for letter in group])
+        pipe.hdel(_key(f"{queue}.XQ.msgs"), *[letter.redis_id for letter in group])
+        pipe.hdel(DEAD_KEY.format(queue=queue), *[letter.message_id for letter in group])
+        removed += int(pipe.execute()[0])
+    return removed
+
+
+def remove_orphan_dead_letter_errors(client: redis.Redis, queue: str, *, failed_before: float) -> int:
+    """Drop recorded errors whose dead letter is gone (Dramatiq expired it) and that are older than
+    ``failed_before`` (Unix seconds).
+
+    The error is recorded a moment *before* Dramatiq moves the message to the dead letters, so only
+    old records are ever taken for orphans; a record without a time is kept.
+
+    Returns:
+        How many records were removed.
+    """
+    key = DEAD_KEY.format(queue=queue)
+    present = {letter.message_id for letter in stored_dead_letters(client, queue)}
+    orphans = []
+    for message_id, raw in client.hgetall(key).items():
+        if _text(message_id) in present:
+            continue
+        try:
+            failed_at = float(json.loads(raw).get("failed_at"))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if failed_at < failed_before:
+            orphans.append(_text(message_id))
+    return int(client.hdel(key, *orphans)) if orphans else 0
