@@ -125,8 +125,16 @@ class BackfillWindow(Payload):
     end: datetime | None = None
 
     @model_validator(mode="after")
-    def _known_stream(self) -> BackfillWindow:
+    def _known_stream_and_bounds(self) -> BackfillWindow:
         _check_streams(self.source, (self.stream,))
+        # Checked here, so an actor refuses a bad window before it requests anything or marks it.
+        if (self.start is None) != (self.end is None):
+            raise ValueError("start and end: give both (a time window) or neither (a whole stream)")
+        if self.start is not None and self.end is not None:
+            if self.start.utcoffset() is None or self.end.utcoffset() is None:
+                raise ValueError("start and end must carry a time zone")
+            if self.end <= self.start:
+                raise ValueError("end must be after start")
         return self
 
 

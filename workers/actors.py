@@ -46,9 +46,14 @@ def _validate(model: type[P], payload: Any) -> P:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        # Name the fields, not their values: a payload may carry anything.
-        fields = ", ".join(".".join(str(part) for part in err["loc"]) or "payload" for err in exc.errors())
-        raise InvalidPayload(f"invalid {model.__name__} payload: {fields}") from None
+        # Name each field and the rule it breaks (the dead letter says why it died), never the value
+        # given: a payload may carry anything. Pydantic's messages do not repeat the input; a check
+        # of the whole payload (loc "payload") names at most a stream. Bounded, as it is logged.
+        problems = [
+            f"{'.'.join(str(part) for part in err['loc']) or 'payload'}: {err['msg']}"[:200]
+            for err in exc.errors(include_url=False, include_input=False)[:5]
+        ]
+        raise InvalidPayload(f"invalid {model.__name__} payload: {'; '.join(problems)}") from None
 
 
 def _message_id() -> str | None:
