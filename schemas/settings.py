@@ -21,8 +21,10 @@ ENV_PREFIX = "POSSYNC_"
 
 #: BigQuery dataset and table names: letters, digits and underscores, at most 1,024 characters.
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-#: Google Cloud project ids: 6-30 lowercase letters, digits and hyphens (older ones may carry a domain).
-_PROJECT_RE = re.compile(r"^([a-z][a-z0-9.:-]{0,61}[a-z0-9])$")
+#: Google Cloud project ids: 6-30 lowercase letters, digits and hyphens starting with a letter; older
+#: ones carry ``domain.tld:`` in front. The rule ``workers/sinks/bigquery_sql.check_identifier``
+#: applies, so a project the sink would refuse fails at start-up instead, naming the variable.
+_PROJECT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
 
 class ConfigError(Exception):
