@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.truth_check import check_warehouse, fetch_truth
+from sandbox.truth_lightspeed import check_lightspeed_warehouse, fetch_lightspeed_truth
 from tests.e2e.conftest import System, WorkerPool, make_system  # noqa: F401 (a fixture, re-exported)
 from workers.sinks.bigquery import make_bigquery_client
 
@@ -90,17 +91,22 @@ def pool_retries(pool: WorkerPool) -> tuple[float, float]:
 
 
 def check_payments(
-    system: System, *, scenario: str, started: float, retries: tuple[float, float]
+    system: System, *, scenario: str, started: float, retries: tuple[float, float], source: str = "square"
 ) -> tuple[Figures, str]:
-    """Run the ground-truth check: its payments table as :class:`Figures`, and the readable summary."""
+    """Run the ground-truth check: its payments table (Lightspeed: its sales) as :class:`Figures`,
+    and the readable summary."""
     wall = time.monotonic() - started
-    report = check_warehouse(
-        make_bigquery_client(system.settings),
-        project=system.settings.require_bigquery(),
-        dataset=system.settings.bigquery_dataset,
-        truth=fetch_truth(system.sandbox.base_url),
-    )
-    payments = report["square_payments"]
+    client = make_bigquery_client(system.settings)
+    project, dataset = system.settings.require_bigquery(), system.settings.bigquery_dataset
+    if source == "lightspeed":
+        truth = fetch_lightspeed_truth(system.sandbox.base_url)
+        report = check_lightspeed_warehouse(client, project=project, dataset=dataset, truth=truth)
+        payments = report["lightspeed_transactions"]
+    else:
+        report = check_warehouse(
+            client, project=project, dataset=dataset, truth=fetch_truth(system.sandbox.base_url)
+        )
+        payments = report["square_payments"]
     status = system.status()
     return Figures(
         scenario=scenario,

@@ -30,12 +30,18 @@ def add_retries(first: tuple[float, float], second: tuple[float, float]) -> tupl
 
 
 def start_pool(
-    system: System, *, processes: int, threads: int, square_timeout_seconds: str = "30"
+    system: System,
+    *,
+    processes: int,
+    threads: int,
+    square_timeout_seconds: str = "30",
+    queues: tuple[str, ...] = ("square",),
 ) -> WorkerPool:
-    """A worker pool that notices a killed worker within seconds (5 s heartbeat timeout)."""
+    """A worker pool on ``queues`` that notices a killed worker within seconds (5 s heartbeat timeout)."""
     return system.start_worker(
         processes=processes,
         threads=threads,
+        queues=queues,
         POSSYNC_WORKER_HEARTBEAT_TIMEOUT_SECONDS="5",
         POSSYNC_WORKER_MAINTENANCE_INTERVAL_SECONDS="1",
         POSSYNC_SQUARE_TIMEOUT_SECONDS=square_timeout_seconds,
