@@ -521,7 +521,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from producers.enqueue import enqueue, new_request_id
     from schemas.messages import RUN_MIGRATION, MigrationRequest
     from schemas.tables import TABLES
-    from workers.migrations import migration_id_for
+    from workers.migrations import InvalidMigration, migration_id_for, validate_migration
 
     spec = TABLES.get(args.table)
     if spec is None:
@@ -544,6 +544,11 @@ def _migrate(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         stop_after=args.stop_after,
     )
+    try:
+        # The worker checks again; refusing here keeps a bad layout out of the queue.
+        validate_migration(request, project=settings.require_bigquery(), dataset=settings.bigquery_dataset)
+    except InvalidMigration as exc:
+        raise CommandError(str(exc)) from None
     enqueue(_broker(settings), RUN_MIGRATION, request)
     print(
         f"enqueued migration {request.migration_id} ({'dry run' if args.dry_run else 'partition'}) "

@@ -91,6 +91,7 @@ __all__ = [
     "list_migrations",
     "migration_id_for",
     "run_migration",
+    "validate_migration",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -554,8 +555,16 @@ def _jsonable(value: Any) -> Any:
 # --- Validation -----------------------------------------------------------------------------------
 
 
-def _validate(request: MigrationRequest, *, project: str, dataset: str) -> tuple[TableSpec, str]:
-    """The spec of the table to migrate and the copy's table name, or :class:`InvalidMigration`."""
+def validate_migration(request: MigrationRequest, *, project: str, dataset: str) -> tuple[TableSpec, str]:
+    """The spec of the table to migrate and the copy's table name, or :class:`InvalidMigration`.
+
+    Every name is checked against BigQuery's rules and the table's columns before any request, so
+    ``possync migrate`` can refuse a bad layout before enqueuing it and the worker again before work.
+
+    Raises:
+        InvalidMigration: naming what is wrong (an identifier, an unknown table or column, a type
+            that cannot be partitioned or clustered by, a migration id that does not name its layout).
+    """
     try:
         check_identifier("project", project)
         check_identifier("dataset", dataset)
@@ -1238,7 +1247,7 @@ def run_migration(
     label = request.table if request.table in TABLES else "unknown"
     outcome = "interrupted"
     try:
-        spec, migrating = _validate(request, project=project, dataset=dataset)
+        spec, migrating = validate_migration(request, project=project, dataset=dataset)
         MIGRATIONS_TOTAL.labels(table=label, outcome="started").inc()
         run = _Run(
             client=client,

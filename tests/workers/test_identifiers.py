@@ -27,15 +27,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from dramatiq import Worker
+from dramatiq import Broker, Worker
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from producers.enqueue import enqueue
+from schemas.messages import RUN_MIGRATION, MigrationRequest
 from schemas.settings import ENV_PREFIX, ConfigError, Settings
 from tests.polling import wait_until
 from workers.actors import register_actors
 from workers.broker import build_broker
+from workers.migrations import migration_id_for
 from workers.queues import DeadLetter, QueueDepth, dead_letters, queue_depth
 from workers.report import build_report
 from workers.resources import WorkerResources
@@ -310,8 +313,9 @@ def test_migrate_refuses_an_unknown_table_and_enqueues_nothing(
 
 
 @pytest.fixture
-def migrations_worker(redis_url: str, tripwire: Tripwire) -> Iterator[None]:
-    """A real worker with the real actors on the migrations queue, BigQuery at the tripwire."""
+def migrations_worker(redis_url: str, tripwire: Tripwire) -> Iterator[Broker]:
+    """A real worker with the real actors on the migrations queue, BigQuery at the tripwire; yields
+    its broker."""
     settings = Settings(
         redis_url=redis_url,
         bigquery_project=VALID_PROJECT,
@@ -324,7 +328,7 @@ def migrations_worker(redis_url: str, tripwire: Tripwire) -> Iterator[None]:
     register_actors(broker, settings)
     worker = Worker(broker, queues={"migrations"}, worker_threads=1, worker_timeout=100)
     worker.start()
-    yield
+    yield broker
     worker.stop()
     broker.close()
 
@@ -336,9 +340,9 @@ def migrations_worker(redis_url: str, tripwire: Tripwire) -> Iterator[None]:
         pytest.param("--cluster", "customer_id,sta`tus", id="cluster-column"),
     ],
 )
-def test_a_migration_naming_a_bad_column_is_dead_lettered_before_any_request(
+def test_a_migration_naming_a_bad_column_is_refused_by_the_command_and_by_the_worker(
     possync: Callable[..., subprocess.CompletedProcess[str]],
-    migrations_worker: None,
+    migrations_worker: Broker,
     tripwire: Tripwire,
     redis_client: redis.Redis,
     option: str,
@@ -347,7 +351,23 @@ def test_a_migration_naming_a_bad_column_is_dead_lettered_before_any_request(
     # Given a migrations worker, and a person naming a column with a backtick
     # When the migration is asked for
     result = possync("migrate", "partition", "square_payments", option, value, bigquery_project=VALID_PROJECT)
-    assert result.returncode == 0, result.stderr
+
+    # Then the command refuses it, naming the column, and enqueues nothing
+    assert result.returncode == 2, result.stderr
+    assert "invalid BigQuery column name" in result.stderr
+    assert queue_depth(redis_client, "migrations") == QueueDepth(ready=0, delayed=0, in_flight=0, dead=0)
+
+    # When the same request reaches the queue anyway (sent by hand, or by an older producer)
+    field = value if option == "--partition-field" else "created_at"
+    cluster = tuple(value.split(",")) if option == "--cluster" else ()
+    request = MigrationRequest(
+        request_id="migrate-by-hand",
+        migration_id=migration_id_for("square_payments", field, "DAY", cluster),
+        table="square_payments",
+        partition_field=field,
+        cluster=cluster,
+    )
+    enqueue(migrations_worker, RUN_MIGRATION, request)
 
     # Then the worker refuses it for good, naming the column, before any request to BigQuery
     def dead() -> list[DeadLetter]:
