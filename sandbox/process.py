@@ -75,7 +75,13 @@ class SandboxAdmin:
     def clear_faults(self) -> dict[str, Any]:
         """Turn every fault off."""
         return self.set_faults(
-            rate_429=0.0, rate_500=0.0, rate_503=0.0, latency_ms=0, timeout_rate=0.0, token_revoked=False
+            rate_429=0.0,
+            rate_500=0.0,
+            rate_503=0.0,
+            latency_ms=0,
+            timeout_rate=0.0,
+            token_revoked=False,
+            malformed_payments=0,
         )
 
     def set_settings(self, **settings: Any) -> dict[str, Any]:
@@ -95,7 +101,7 @@ class SandboxAdmin:
         return stats
 
     def truth(self, kind: str) -> list[dict[str, Any]]:
-        """Ground truth rows: ``kind`` is ``payments``, ``items`` or ``customers``."""
+        """Ground truth rows: ``kind`` is ``payments``, ``items``, ``customers`` or ``rejects`` (Square)."""
         text = self._get(f"/_sandbox/truth/{kind}").text
         return [json.loads(line) for line in text.splitlines() if line]
 
@@ -310,7 +316,7 @@ def start_square_sandbox(
             ``customers``, ``items``, ``seed``, ``anchor`` (datetime or ISO string), ``token``,
             ``final_page_mode``, ``short_page_rate``, ``rate_429``, ``retry_after_seconds``,
             ``rate_500``, ``rate_503``, ``latency_ms``, ``timeout_rate``, ``token_revoked``,
-            ``webhook_url``, ``webhook_signature_key``, ``webhook_notification_url``,
+            ``malformed_payments``, ``webhook_url``, ``webhook_signature_key``, ``webhook_notification_url``,
             ``webhook_retry_seconds``, ``webhook_max_attempts``, ``webhook_timeout_seconds``.
 
     Raises:

@@ -1,14 +1,17 @@
 """The Square sandbox's admin endpoints under ``/_sandbox/``: info, clock, faults, settings, stats, truth.
 
 They need no auth and are never faulted: tests and the demo use them to move the clock, inject
-failures, count requests and read the ground truth as NDJSON.
+failures, count requests and read the ground truth as NDJSON. The payments truth leaves out the
+payments the ``malformed_payments`` fault serves broken (no warehouse can load them); the rejects
+truth (``/_sandbox/truth/rejects``) lists them instead, one line per record ``_possync_rejects``
+should hold: ``{"source", "stream", "record_key", "field", "malformation", "created_at"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
@@ -17,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from sandbox.square_config import FINAL_PAGE_MODES, SquareSandboxConfig
-from sandbox.square_data import AdvanceResult, SquareDataset
+from sandbox.square_data import AdvanceResult, SquareDataset, format_ms
 from sandbox.square_faults import FaultSettings
 
 __all__ = ["SandboxAdmin"]
@@ -67,8 +70,14 @@ class SandboxAdmin:
         return [Route(path, handler, methods=methods) for path, handler, methods in admin]
 
     async def admin_info(self, request: Request) -> Response:
-        """The clock, seed, counts and location ids."""
-        return _json({**self.data.info(), "final_page_mode": self.config.final_page_mode})
+        """The clock, seed, counts, location ids, and how many payments are served malformed."""
+        return _json(
+            {
+                **self.data.info(),
+                "final_page_mode": self.config.final_page_mode,
+                "malformed_payments": self.faults.malformed_payments,
+            }
+        )
 
     async def admin_advance(self, request: Request) -> Response:
         """Move the clock: ``{"seconds", "new_payments", "changed_payments"}``."""
@@ -92,6 +101,11 @@ class SandboxAdmin:
                 body = orjson.loads(await request.body() or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("body must be a JSON object")
+                # Tried on a copy first: a refused change (a malformed count beyond the payments
+                # among them, which only the dataset can tell) leaves every fault as it was.
+                trial = replace(self.faults)
+                trial.update(body)
+                self.data.malformed(trial.malformed_payments)
                 self.faults.update(body)
             except ValueError as exc:
                 return _json({"error": str(exc)}, status=400)
@@ -117,21 +131,51 @@ class SandboxAdmin:
         return _json({"requests": self.stats, "total": sum(sum(s.values()) for s in self.stats.values())})
 
     async def admin_truth(self, request: Request) -> Response:
-        """Ground truth as NDJSON: ``payments``, ``items`` or ``customers`` (deleted ones included)."""
+        """Ground truth as NDJSON: ``payments`` (malformed ones left out), ``items``, ``customers``
+        (deleted ones included) or ``rejects`` (the malformed payments)."""
         kind = request.path_params["kind"]
         if kind == "payments":
             count = self.data.payment_count
             return StreamingResponse(self._payment_lines(count), media_type="application/x-ndjson")
-        rows = {"items": self.data.item_truth, "customers": self.data.customer_truth}.get(kind)
+        rows = {
+            "items": self.data.item_truth,
+            "customers": self.data.customer_truth,
+            "rejects": self._reject_truth(),
+        }.get(kind)
         if rows is None:
-            return _json({"error": f"unknown truth {kind!r}: payments, items or customers"}, status=404)
+            return _json(
+                {"error": f"unknown truth {kind!r}: payments, items, customers or rejects"}, status=404
+            )
         return Response(
             b"".join(orjson.dumps(row) + b"\n" for row in rows), media_type="application/x-ndjson"
         )
 
+    def _reject_truth(self) -> list[dict[str, Any]]:
+        """One row per record ``_possync_rejects`` should hold: the malformed payments, by index."""
+        rows = []
+        for index, malformation in self.data.malformed(self.faults.malformed_payments).items():
+            state = self.data.payment_state(index)
+            rows.append(
+                {
+                    "source": "square",
+                    "stream": "payments",
+                    "record_key": state.id,
+                    "field": malformation.field,
+                    "malformation": malformation.kind,
+                    "created_at": format_ms(state.created_ms),
+                }
+            )
+        return rows
+
     async def _payment_lines(self, count: int) -> AsyncIterator[bytes]:
+        # Read once: a stream that straddles a change of the fault stays consistent with itself.
+        malformed = self.data.malformed(self.faults.malformed_payments)
         for start in range(0, count, 2000):
-            chunk = [self.data.payment_state(i).to_truth() for i in range(start, min(count, start + 2000))]
+            chunk = [
+                self.data.payment_state(i).to_truth()
+                for i in range(start, min(count, start + 2000))
+                if i not in malformed
+            ]
             yield b"".join(orjson.dumps(row) + b"\n" for row in chunk)
             # Let other requests in between chunks of a long stream.
             await asyncio.sleep(0)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve a fake Square Connect v2 API (locations, payments, catalog, customers) over HTTP\n"
             "from a deterministic dataset. Admin endpoints under /_sandbox/ (no auth): info,\n"
-            "clock/advance, faults, settings, stats, truth/{payments,items,customers}, changes\n"
+            "clock/advance, faults, settings, stats, truth/{payments,items,customers,rejects}, changes\n"
             "(payments/{id}/update, customers/create, customers/{id}/update|delete, catalog/touch)\n"
             "and webhooks (settings, deliveries, send); changes are sent as signed webhook events.\n"
             "Every option can also be set by an "
@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(_env("token_revoked", "")).lower() in ("1", "true", "yes"),
         help="answer 401 ACCESS_TOKEN_REVOKED",
     )
+    parser.add_argument(
+        "--malformed-payments",
+        type=int,
+        default=int(_env("malformed_payments", 0)),
+        help=(
+            "serve this many payments, picked from the seed across the history, without amount_money"
+            " or with a non-numeric amount; the truth lists them under truth/rejects (default %(default)s)"
+        ),
+    )
     webhooks = WebhookSettings()
     parser.add_argument(
         "--webhook-url", default=_env("webhook_url", None), help="where to POST events (default: none sent)"
@@ -142,8 +151,11 @@ def config_from_args(args: argparse.Namespace) -> SquareSandboxConfig:
     """The sandbox configuration named by parsed command-line arguments.
 
     Raises:
-        ValueError: for a webhook setting out of range (a URL that is not http(s), an empty key...).
+        ValueError: for a webhook setting out of range (a URL that is not http(s), an empty key...), or
+            more malformed payments than payments (or fewer than none).
     """
+    if not 0 <= args.malformed_payments <= args.payments:
+        raise ValueError(f"--malformed-payments must be between 0 and --payments ({args.payments})")
     anchor = None
     if args.anchor:
         anchor = datetime.fromisoformat(args.anchor.replace("Z", "+00:00"))
@@ -156,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> SquareSandboxConfig:
         latency_ms=args.latency_ms,
         timeout_rate=args.timeout_rate,
         token_revoked=args.token_revoked,
+        malformed_payments=args.malformed_payments,
     )
     webhooks = WebhookSettings()
     webhooks.update(

@@ -18,12 +18,14 @@ names are re-exported here, the module other code imports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sandbox.square_catalog import make_catalog, make_customers, make_locations
 from sandbox.square_customers import CustomerBook
+from sandbox.square_faults import Malformation, pick_malformed
 from sandbox.square_money import FLOAT_TRAP_CENTS
 from sandbox.square_payment_history import MAX_LIFECYCLE_MS, TIE_BLOCK, PaymentHistory, PaymentQuery
 from sandbox.square_payment_state import PaymentState, mutate_payment, update_payment
@@ -104,6 +106,7 @@ class SquareDataset(PaymentHistory):
             seeds, items, start_ms=start_ms, anchor_ms=anchor_ms, location_ids=location_ids
         )
         self.catalog_latest_ms = max((entry[1] for entry in self.catalog), default=self.anchor_ms)
+        self._malformed: tuple[int, dict[int, Malformation]] = (0, {})
 
     # -- the clock ---------------------------------------------------------------------------------
 
@@ -261,6 +264,21 @@ class SquareDataset(PaymentHistory):
         """
         at = self.change_instant(self.customer_book.updated_ms(customer_id))
         return self.customer_book.delete(customer_id, at), at
+
+    # -- malformed payments --------------------------------------------------------------------------
+
+    def malformed(self, count: int) -> Mapping[int, Malformation]:
+        """The payments the API serves malformed when ``count`` are asked for, by index.
+
+        They are picked among the generated history from the seed (see
+        :func:`sandbox.square_faults.pick_malformed`), so the same count always names the same ones.
+
+        Raises:
+            ValueError: for a negative count, or more than the generated payments.
+        """
+        if self._malformed[0] != count:
+            self._malformed = (count, pick_malformed(self.seed, self.base_payments, count))
+        return self._malformed[1]
 
     # -- other resources ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The Square Connect v2 endpoints the sandbox serves: locations, payments, catalog and customers.
 
 Each handler reads its request, answers from the dataset and returns the JSON body; the wrapper in
-:mod:`sandbox.square` adds auth, version checks, faults and counting around it.
+:mod:`sandbox.square` adds auth, version checks, faults and counting around it. The payment handlers
+serve the payments the ``malformed_payments`` fault names broken (:func:`sandbox.square_faults.malform`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,16 @@ from typing import Any
 
 from starlette.requests import Request
 
-from sandbox.square_data import LOOKBACK_MS, PaymentQuery, SquareDataset, format_ms, parse_rfc3339_ms
+from sandbox.square_data import (
+    LOOKBACK_MS,
+    PaymentQuery,
+    PaymentState,
+    SquareDataset,
+    format_ms,
+    parse_rfc3339_ms,
+)
 from sandbox.square_errors import RequestError
+from sandbox.square_faults import FaultSettings, malform
 from sandbox.square_pagination import Paginator, bad_cursor
 from sandbox.square_params import parse_enum, parse_int, parse_time, read_json_body
 
@@ -62,10 +71,24 @@ def _customer_limit(value: Any) -> int:
 class SquareEndpoints:
     """Square's v2 handlers over one dataset; each returns the response body as a dict."""
 
-    def __init__(self, data: SquareDataset, pages: Paginator) -> None:
-        """Answer from ``data``, paginating with ``pages``."""
+    def __init__(self, data: SquareDataset, pages: Paginator, faults: FaultSettings | None = None) -> None:
+        """Answer from ``data``, paginating with ``pages``.
+
+        Args:
+            data: the dataset.
+            pages: the paginator.
+            faults: the fault settings naming the malformed payments, read live; by default those of
+                the configuration the paginator reads (the ones ``/_sandbox/faults`` changes).
+        """
         self.data = data
         self.pages = pages
+        self.faults = pages.config.faults if faults is None else faults
+
+    def _payment_json(self, state: PaymentState) -> dict[str, Any]:
+        """A payment as the API serves it: Square's JSON, broken if the fault names it."""
+        payment = state.to_api()
+        malformation = self.data.malformed(self.faults.malformed_payments).get(state.index)
+        return payment if malformation is None else malform(payment, malformation)
 
     async def list_locations(self, request: Request) -> dict[str, Any]:
         """ListLocations: every location, the main one first."""
@@ -107,14 +130,16 @@ class SquareEndpoints:
         start = None if position is None else (position[0], position[1])
         page, following = self.data.list_payments(query, start, self.pages.page_size(digest, position, limit))
         next_position = None if following is None else list(following)
-        return self.pages.page("payments", [state.to_api() for state in page], next_position, digest)
+        return self.pages.page(
+            "payments", [self._payment_json(state) for state in page], next_position, digest
+        )
 
     async def get_payment(self, request: Request) -> dict[str, Any]:
         """GetPayment by id."""
         state = self.data.payment_by_id(request.path_params["payment_id"])
         if state is None:
             raise RequestError("NOT_FOUND", "Could not find payment.", status=404)
-        return {"payment": state.to_api()}
+        return {"payment": self._payment_json(state)}
 
     @staticmethod
     def _types(values: Any, name: str) -> set[str]:

@@ -1,15 +1,16 @@
 """The Square sandbox's ground truth: fetching it, and the revenue report it implies.
 
 The sandbox computes its truth from its own integer-cents model and serves it as NDJSON
-(``GET /_sandbox/truth/payments|items|customers``). :func:`expected_report` computes the revenue
-report from the truth independently of ``workers/report.py``: by local calendar dates rather than
-the UTC boundaries it uses.
+(``GET /_sandbox/truth/payments|items|customers|rejects``): the payments it serves malformed are not
+in ``payments`` (nothing can load them) but in ``rejects``, the records ``_possync_rejects`` should
+hold. :func:`expected_report` computes the revenue report from the truth independently of
+``workers/report.py``: by local calendar dates rather than the UTC boundaries it uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 
 from sandbox.truth_columns import cents, instant
 from schemas.report import Report, to_cents
-from schemas.tables import SQUARE_CUSTOMERS, SQUARE_ITEMS, SQUARE_PAYMENTS
+from schemas.tables import REJECTS, SQUARE_CUSTOMERS, SQUARE_ITEMS, SQUARE_PAYMENTS
 
 __all__ = ["Truth", "expected_report", "fetch_truth"]
 
@@ -30,15 +31,20 @@ class Truth:
     """The sandbox's ground truth, one JSON object per record as its NDJSON endpoints serve it.
 
     Attributes:
-        payments: ``{"id", "created_at", "amount_cents", "status", "location_id", ...}`` per payment.
+        payments: ``{"id", "created_at", "amount_cents", "status", "location_id", ...}`` per payment
+            the API serves whole (the malformed ones are in ``rejects`` instead).
         items: one object per catalog variation, keyed by ``variation_id``.
         customers: one object per customer ever made, keyed by ``id``; a deleted one has
             ``is_deleted`` true and ``deleted_at`` (the ``customer.deleted`` event's ``created_at``).
+        rejects: one object per record the API serves malformed, which ``_possync_rejects`` should
+            hold: ``{"source", "stream", "record_key", "field", "malformation", "created_at"}``, where
+            ``field`` is the field path the rejection's reason names.
     """
 
     payments: list[dict[str, Any]]
     items: list[dict[str, Any]]
     customers: list[dict[str, Any]]
+    rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def records(self, table: str) -> list[dict[str, Any]]:
         """The truth records for a warehouse table name.
@@ -50,6 +56,7 @@ class Truth:
             SQUARE_PAYMENTS.name: self.payments,
             SQUARE_ITEMS.name: self.items,
             SQUARE_CUSTOMERS.name: self.customers,
+            REJECTS.name: self.rejects,
         }
         return by_table[table]
 
@@ -61,7 +68,7 @@ def fetch_truth(
     token: str | None = None,
     timeout_seconds: float = 120.0,
 ) -> Truth:
-    """Load the sandbox's ground truth from ``GET /_sandbox/truth/payments|items|customers``.
+    """Load the sandbox's ground truth from ``GET /_sandbox/truth/payments|items|customers|rejects``.
 
     Args:
         base_url: the sandbox's base URL (``http://127.0.0.1:PORT``).
@@ -70,7 +77,7 @@ def fetch_truth(
         timeout_seconds: per-request timeout, seconds.
 
     Returns:
-        The truth for the three Square tables.
+        The truth for the three Square tables, and the rejects.
 
     Raises:
         httpx.HTTPError: if the sandbox cannot be reached or answers with an error status.
@@ -80,7 +87,7 @@ def fetch_truth(
     client = httpx.Client(timeout=timeout_seconds) if http is None else http
     try:
         streams = []
-        for stream in ("payments", "items", "customers"):
+        for stream in ("payments", "items", "customers", "rejects"):
             response = client.get(
                 f"{base_url.rstrip('/')}/_sandbox/truth/{stream}", headers=headers, timeout=timeout_seconds
             )
@@ -89,8 +96,8 @@ def fetch_truth(
     finally:
         if own:
             client.close()
-    payments, items, customers = streams
-    return Truth(payments=payments, items=items, customers=customers)
+    payments, items, customers, rejects = streams
+    return Truth(payments=payments, items=items, customers=customers, rejects=rejects)
 
 
 def expected_report(truth_payments: Iterable[Mapping[str, Any]], *, zone: ZoneInfo, now: datetime) -> Report:

@@ -12,6 +12,10 @@ as ``is_deleted`` false with no ``deleted_at``. The comparison is written indepe
 code (it does not reuse the row converters in ``schemas/square.py``), so a conversion bug there shows
 up here instead of agreeing with itself. The findings are the types of :mod:`sandbox.truth_report`.
 
+The payments the sandbox serves malformed are not expected in ``square_payments``: the truth lists them
+as rejects instead, and :func:`check_rejects` checks ``_possync_rejects`` holds each of them (with a
+reason naming the broken field) and nothing else of the source.
+
 This module is the check's entry point and re-exports the names callers use, among them
 :func:`~sandbox.truth.fetch_truth` and :func:`~sandbox.truth.expected_report`. Its per-table loop,
 :func:`check_tables`, is the Lightspeed check's too (:mod:`sandbox.truth_lightspeed`), over its own tables.
@@ -27,9 +31,18 @@ from google.cloud import bigquery
 
 from sandbox.truth import Truth, expected_report, fetch_truth
 from sandbox.truth_columns import PAYMENT_SUM_COLUMNS, SQUARE_TABLES, TABLE_NAMES, CheckedTable
-from sandbox.truth_compare import compare_table
-from sandbox.truth_report import EXAMPLES, CheckReport, ColumnMismatch, Mismatch, SumDifference, TableCheck
+from sandbox.truth_compare import compare_rejects, compare_table
+from sandbox.truth_report import (
+    EXAMPLES,
+    CheckReport,
+    ColumnMismatch,
+    Mismatch,
+    RejectsCheck,
+    SumDifference,
+    TableCheck,
+)
 from sandbox.truth_warehouse import read_table, schema_differences, table_ref
+from schemas.tables import REJECTS
 
 __all__ = [
     "EXAMPLES",
@@ -38,9 +51,11 @@ __all__ = [
     "CheckReport",
     "ColumnMismatch",
     "Mismatch",
+    "RejectsCheck",
     "SumDifference",
     "TableCheck",
     "Truth",
+    "check_rejects",
     "check_tables",
     "check_warehouse",
     "expected_report",
@@ -139,3 +154,52 @@ def check_tables(
         check.schema = differences
         results[table.name] = check
     return CheckReport(tables=results)
+
+
+def check_rejects(
+    client: bigquery.Client,
+    *,
+    project: str,
+    dataset: str,
+    truth: Truth,
+    source: str = "square",
+    timeout_seconds: float = 300.0,
+) -> RejectsCheck:
+    """Compare one source's rows in ``_possync_rejects`` with the truth's rejects, in one query.
+
+    Args:
+        client: a BigQuery client (the emulator or real BigQuery).
+        project: BigQuery project id.
+        dataset: the dataset holding ``_possync_rejects``.
+        truth: the sandbox's truth (see :func:`fetch_truth`); its ``rejects`` are expected.
+        source: whose rejects to check.
+        timeout_seconds: deadline for the query and for reading its result, seconds.
+
+    Returns:
+        The check; ``check.ok`` is True when every expected record has a row whose reason names its
+        broken field, and the source has no other reject.
+
+    Raises:
+        ValueError: for an invalid project or dataset id, or a key the truth's rejects hold twice.
+        google.api_core.exceptions.GoogleAPICallError: if BigQuery fails for a reason other than a
+            missing table (a missing table is reported as a difference instead).
+    """
+    ref = table_ref(project, dataset, REJECTS.name)
+    config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter("source", "STRING", source)]
+    )
+    try:
+        job = client.query(
+            f"SELECT stream, record_key, reason, message_id FROM {ref} WHERE source = @source",
+            job_config=config,
+            timeout=timeout_seconds,
+        )
+        rows = [
+            (row["stream"], row["record_key"], row["reason"], row["message_id"])
+            for row in job.result(timeout=timeout_seconds)
+        ]
+    except google_exceptions.NotFound as exc:
+        absent = compare_rejects(source, truth.rejects, [])
+        absent.error = f"not found: {exc.message}"
+        return absent
+    return compare_rejects(source, truth.rejects, rows)

@@ -1,4 +1,5 @@
-"""Comparing a table's warehouse rows with the truth: keys, every column, and money sums to the cent."""
+"""Comparing a table's warehouse rows with the truth: keys, every column, and money sums to the cent;
+and the rejects table's rows with the records the truth says are served malformed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ from decimal import Decimal
 from typing import Any
 
 from sandbox.truth_columns import CheckedTable, shown, truth_value
-from sandbox.truth_report import EXAMPLES, ColumnMismatch, Mismatch, SumDifference, TableCheck
+from sandbox.truth_report import (
+    EXAMPLES,
+    ColumnMismatch,
+    Mismatch,
+    RejectsCheck,
+    SumDifference,
+    TableCheck,
+)
 
-__all__ = ["compare_table"]
+__all__ = ["compare_rejects", "compare_table"]
+
+#: How much of a reason a rejects report quotes, characters.
+_REASON_SHOWN = 200
 
 
 def compare_table(table: CheckedTable, records: list[dict[str, Any]], rows: list[list[Any]]) -> TableCheck:
@@ -108,3 +119,51 @@ def _sum_differences(
         if want != got:
             differences.append(SumDifference(dimension, group, column, want, got))
     return differences
+
+
+def compare_rejects(
+    source: str, records: Iterable[dict[str, Any]], rows: Iterable[Sequence[str | None]]
+) -> RejectsCheck:
+    """Compare one source's rows in ``_possync_rejects`` with the truth's rejects.
+
+    Args:
+        source: the source compared (``square``); records of other sources are ignored.
+        records: the truth's rejects (``Truth.rejects``): ``{"source", "stream", "record_key",
+            "field", ...}`` each.
+        rows: the source's rejects rows as ``(stream, record_key, reason, message_id)``.
+
+    Returns:
+        The comparison: every expected key present with a reason naming its ``field``, no other key,
+        no key twice for one message.
+
+    Raises:
+        ValueError: if the truth holds a key twice.
+    """
+    expected: dict[str, str] = {}
+    for record in records:
+        if record["source"] != source:
+            continue
+        key = f"{record['stream']}/{record['record_key']}"
+        if key in expected:
+            raise ValueError(f"the truth's rejects hold key {key!r} twice")
+        expected[key] = str(record["field"])
+    rows = list(rows)
+    check = RejectsCheck(source=source, expected_rows=len(expected), warehouse_rows=len(rows))
+    reasons: dict[str, list[str]] = defaultdict(list)
+    copies: Counter[tuple[str, str]] = Counter()
+    for stream, record_key, reason, message_id in rows:
+        key = f"{stream}/{record_key}"
+        reasons[key].append(reason or "")
+        copies[(key, message_id or "")] += 1
+    check.missing = sorted(key for key in expected if key not in reasons)
+    check.unexpected = sorted(key for key in reasons if key not in expected)
+    duplicated: dict[str, int] = {}
+    for (key, _message), count in copies.items():
+        if count > 1:
+            duplicated[key] = max(count, duplicated.get(key, 0))
+    check.duplicates = dict(sorted(duplicated.items()))
+    for key in sorted(expected.keys() & reasons.keys()):
+        wrong = [reason for reason in reasons[key] if expected[key] not in reason]
+        if wrong:
+            check.unnamed[key] = wrong[0][:_REASON_SHOWN]
+    return check

@@ -1,4 +1,5 @@
-"""The check's findings: per-table differences from the truth, and how they read as text or JSON."""
+"""The check's findings: per-table differences from the truth, the rejects table's, and how they read
+as text or JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["EXAMPLES", "CheckReport", "ColumnMismatch", "Mismatch", "SumDifference", "TableCheck"]
+__all__ = [
+    "EXAMPLES",
+    "CheckReport",
+    "ColumnMismatch",
+    "Mismatch",
+    "RejectsCheck",
+    "SumDifference",
+    "TableCheck",
+]
 
 #: How many example keys or values a report shows per kind of difference.
 EXAMPLES = 5
@@ -186,6 +195,83 @@ class CheckReport:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form of the report."""
         return {"ok": self.ok, "tables": {name: table.as_dict() for name, table in self.tables.items()}}
+
+
+@dataclass
+class RejectsCheck:
+    """How one source's rows in ``_possync_rejects`` compare with the records the truth says the API
+    serves malformed (``Truth.rejects``). Keys read ``stream/record_key``.
+
+    A record read by two messages (two syncs that met it) is rejected twice, one row each, and that
+    is right; two rows of one key for the same message are duplicates.
+
+    Attributes:
+        source: the source checked (``square``).
+        expected_rows: records the truth lists as rejects.
+        warehouse_rows: the source's rows in the rejects table.
+        missing: expected keys without a row, sorted.
+        unexpected: keys with a row that the truth does not list, sorted.
+        duplicates: keys held more than once for one message, with the most copies of one message.
+        unnamed: expected keys whose reason does not name the field the truth says is broken, with
+            the reason found (cut to 200 characters).
+        error: why the table could not be read (for example it does not exist), else ``None``.
+    """
+
+    source: str
+    expected_rows: int
+    warehouse_rows: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    unnamed: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every expected record has a row naming its field, and nothing else is there."""
+        return not (self.error or self.missing or self.unexpected or self.duplicates or self.unnamed)
+
+    def summary(self) -> str:
+        """A few readable lines about the rejects table."""
+        head = (
+            f"_possync_rejects ({self.source}): {self.expected_rows} expected,"
+            f" {self.warehouse_rows} in the warehouse"
+        )
+        if self.ok:
+            return f"{head}: ok"
+        lines = [f"{head}: DIFFERS"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.missing:
+            lines.append(f"  missing {len(self.missing)} keys, e.g. {', '.join(self.missing[:EXAMPLES])}")
+        if self.unexpected:
+            shown = ", ".join(self.unexpected[:EXAMPLES])
+            lines.append(f"  unexpected {len(self.unexpected)} keys, e.g. {shown}")
+        if self.duplicates:
+            shown = ", ".join(f"{key} x{copies}" for key, copies in list(self.duplicates.items())[:EXAMPLES])
+            lines.append(f"  duplicated {len(self.duplicates)} keys for one message, e.g. {shown}")
+        for key, reason in list(self.unnamed.items())[:EXAMPLES]:
+            lines.append(f"  {key}: the reason does not name the broken field: {reason}")
+        if len(self.unnamed) > EXAMPLES:
+            lines.append(f"  ... {len(self.unnamed) - EXAMPLES} more reasons not naming their field")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: counts and a few examples."""
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "error": self.error,
+            "expected_rows": self.expected_rows,
+            "warehouse_rows": self.warehouse_rows,
+            "missing": {"count": len(self.missing), "examples": self.missing[:EXAMPLES]},
+            "unexpected": {"count": len(self.unexpected), "examples": self.unexpected[:EXAMPLES]},
+            "duplicates": {
+                "count": len(self.duplicates),
+                "examples": dict(list(self.duplicates.items())[:EXAMPLES]),
+            },
+            "unnamed": {"count": len(self.unnamed), "examples": dict(list(self.unnamed.items())[:EXAMPLES])},
+        }
 
 
 def _text(value: Any) -> str:
