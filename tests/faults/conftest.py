@@ -52,6 +52,9 @@ class Figures:
     wall_seconds: float
     exact: bool
     measured_at: str
+    #: Rows in ``_possync_rejects``: source records that failed validation, kept there instead of in
+    #: ``square_payments`` (``rows_expected`` counts the loadable payments only).
+    rejected: int = 0
 
 
 def pool_counter(pool: WorkerPool, name: str, **labels: str) -> float:

@@ -19,6 +19,7 @@ COLUMNS = (
     ("payments", "payments"),
     ("rows_expected", "rows expected"),
     ("rows_in_warehouse", "rows in warehouse"),
+    ("rejected", "records rejected"),
     ("duplicates", "duplicates"),
     ("lost", "lost"),
     ("sums_difference", "sums difference"),
@@ -28,6 +29,8 @@ COLUMNS = (
     ("wall_seconds", "wall time (s)"),
     ("measured_at", "measured (UTC)"),
 )
+#: What a column shows for a scenario measured before the column existed.
+DEFAULTS: dict[str, Any] = {"rejected": 0}
 
 
 def table(figures: dict[str, Any]) -> str:
@@ -35,7 +38,9 @@ def table(figures: dict[str, Any]) -> str:
     header = "| " + " | ".join(title for _key, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
     rows = [
-        "| " + " | ".join(str(entry[key]) for key, _title in COLUMNS) + " |"
+        "| "
+        + " | ".join(str(entry[key] if key in entry else DEFAULTS[key]) for key, _title in COLUMNS)
+        + " |"
         for _name, entry in sorted(figures.get("scenarios", {}).items())
     ]
     return "\n".join([header, rule, *rows])

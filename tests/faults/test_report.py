@@ -25,7 +25,23 @@ FIGURES = {
             "wall_seconds": 61.2,
             "exact": True,
             "measured_at": "2026-11-28T21:00:00+00:00",
-        }
+        },
+        "a record failing validation": {
+            "scenario": "a record failing validation",
+            "payments": 10000,
+            "rows_expected": 9975,
+            "rows_in_warehouse": 9975,
+            "rejected": 25,
+            "duplicates": 0,
+            "lost": 0,
+            "sums_difference": "0",
+            "retries": 0,
+            "failed_requests": 0,
+            "dead_letters": 0,
+            "wall_seconds": 20.5,
+            "exact": True,
+            "measured_at": "2026-11-29T10:00:00+00:00",
+        },
     }
 }
 
@@ -45,7 +61,10 @@ def test_the_table_between_the_markers_is_rewritten_and_the_rest_kept(tmp_path: 
     # Then the table holds the figures and the prose is untouched
     text = page.read_text(encoding="utf-8")
     assert "| stale |" not in text
-    assert "| worker SIGKILLed 3 times | 10000 | 10000 | 10000 | 0 | 0 | 0 | 4 | 31 | 0 | 61.2 |" in text
+    assert "| rows in warehouse | records rejected | duplicates |" in text
+    assert "| a record failing validation | 10000 | 9975 | 9975 | 25 | 0 | 0 | 0 | 0 | 0 | 0 | 20.5 |" in text
+    # And a scenario measured before the rejects column existed shows none rejected
+    assert "| worker SIGKILLed 3 times | 10000 | 10000 | 10000 | 0 | 0 | 0 | 0 | 4 | 31 | 0 | 61.2 |" in text
     assert text.startswith("# Reliability\n\nProse.")
     assert text.endswith("More prose.\n")
 
