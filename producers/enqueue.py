@@ -7,15 +7,16 @@ route's queue runs it. Every message belongs to a request, whose id the caller c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import dramatiq
 import structlog
 
 from schemas.messages import Payload, Route
-from workers.broker import send
+from workers.broker import send, send_many
 
-__all__ = ["enqueue", "new_request_id"]
+__all__ = ["enqueue", "enqueue_many", "new_request_id"]
 
 P = TypeVar("P", bound=Payload)
 
@@ -38,3 +39,25 @@ def enqueue(broker: dramatiq.Broker, route: Route[P], payload: P, *, delay_ms: i
         request_id=payload.request_id,
     )
     return message
+
+
+def enqueue_many(broker: dramatiq.Broker, items: Sequence[tuple[Route[Any], Payload]]) -> list[Any]:
+    """Send several payloads in one Redis round trip (on possync's broker) and log each one sent.
+
+    Returns:
+        Per item, in order: the enqueued ``dramatiq.Message``, or the error that kept it off its queue.
+
+    Raises:
+        redis.RedisError: if Redis could not be reached; some messages may have been enqueued.
+    """
+    results = send_many(broker, items)
+    for (route, payload), result in zip(items, results, strict=True):
+        if not isinstance(result, Exception):
+            log.info(
+                "message_enqueued",
+                queue=route.queue,
+                actor=route.actor,
+                message_id=result.message_id,
+                request_id=payload.request_id,
+            )
+    return results

@@ -1,9 +1,10 @@
 """The webhook receiver's Redis side: de-duplicate and enqueue deliveries, record Notion's token.
 
 Blocking calls, run in the receiver's sender threads (:mod:`producers.webhook_sender`), which hand
-over whole batches of concurrent deliveries so that claims and confirmations travel in one
-pipeline each. Nothing is cached between calls, so a Redis that went away and came back is simply
-used again (redis-py reconnects on the next command).
+over whole batches of concurrent deliveries so that claims, enqueues (with their request tracking)
+and confirmations travel in one pipeline each: three round trips a batch, whatever its size.
+Nothing is cached between calls, so a Redis that went away and came back is simply used again
+(redis-py reconnects on the next command).
 
 De-duplication survives a failed enqueue: each event id is first claimed for
 :data:`PENDING_TTL_SECONDS` (``SET NX``), then its message is enqueued, then the claim is kept for
@@ -31,7 +32,7 @@ import dramatiq
 import redis
 import structlog
 
-from producers.enqueue import enqueue
+from producers.enqueue import enqueue_many
 from producers.webhook_checks import RETRY_AFTER_SECONDS, Answer, Delivery, unavailable
 
 __all__ = ["EVENT_KEY", "NOTION_TOKEN_KEY", "PENDING_TTL_SECONDS", "WebhookIntake", "token_fingerprint"]
@@ -45,7 +46,7 @@ EVENT_KEY = "possync:webhooks:{provider}:event:{event_id}"
 #: How long an event id stays claimed while its message is being enqueued, seconds.
 PENDING_TTL_SECONDS = 30
 _PENDING = b"pending"
-#: Errors after which Redis is taken to be unreachable for the rest of a batch.
+#: Errors after which Redis is taken to be unreachable: the claims are left to expire, not released.
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
@@ -126,53 +127,47 @@ class WebhookIntake:
                 )
                 for d in deliveries
             ]
-        answers: list[Answer] = []
-        confirm: list[tuple[str, str, int]] = []
-        release: list[str] = []
-        unreachable: str | None = None
+        answers: dict[int, Answer] = {}
+        claimed_now: list[tuple[int, Delivery, str]] = []
         for index, (delivery, key) in enumerate(zip(deliveries, keys, strict=True)):
             claimed, held = replies[2 * index], replies[2 * index + 1]
-            event_type, event_id = delivery.event_type, delivery.event_id
-            if not claimed:
-                answers.append(self._duplicate(held, event_type=event_type, event_id=event_id))
-                continue
-            if unreachable is not None:
-                # Do not wait out one more timeout per event: the batch's answer is already known.
-                answers.append(
-                    unavailable(
-                        f"could not enqueue the event: {unreachable}",
-                        event_type=event_type,
-                        event_id=event_id,
-                    )
+            if claimed:
+                claimed_now.append((index, delivery, key))
+            else:
+                answers[index] = self._duplicate(
+                    held, event_type=delivery.event_type, event_id=delivery.event_id
                 )
-                continue
+        confirm: list[tuple[str, str, int]] = []
+        release: list[str] = []
+        reachable = True
+        if claimed_now:
+            # One round trip for the whole batch (request tracking and the enqueues, pipelined).
             try:
-                message = enqueue(self.broker, delivery.route, delivery.payload)
+                results = enqueue_many(self.broker, [(d.route, d.payload) for _, d, _ in claimed_now])
             except (redis.RedisError, dramatiq.DramatiqError) as exc:
-                if isinstance(exc, _UNREACHABLE):
-                    unreachable = type(exc).__name__
-                release.append(key)
-                answers.append(
-                    unavailable(
-                        f"could not enqueue the event: {type(exc).__name__}",
-                        event_type=event_type,
-                        event_id=event_id,
+                reachable = not isinstance(exc, _UNREACHABLE)
+                results = [exc] * len(claimed_now)
+            for (index, delivery, key), result in zip(claimed_now, results, strict=True):
+                if isinstance(result, Exception):
+                    release.append(key)
+                    answers[index] = unavailable(
+                        f"could not enqueue the event: {type(result).__name__}",
+                        event_type=delivery.event_type,
+                        event_id=delivery.event_id,
                     )
-                )
-                continue
-            confirm.append((key, message.message_id, delivery.keep_seconds))
-            answers.append(
-                Answer(
+                    continue
+                confirm.append((key, result.message_id, delivery.keep_seconds))
+                answers[index] = Answer(
                     200,
                     "accepted",
                     "event enqueued",
-                    event_type=event_type,
-                    event_id=event_id,
-                    message_id=message.message_id,
+                    event_type=delivery.event_type,
+                    event_id=delivery.event_id,
+                    message_id=result.message_id,
                 )
-            )
-        self._settle(confirm, release if unreachable is None else [])
-        return answers
+        # Redis unreachable: do not wait out one more timeout to release claims (they expire soon).
+        self._settle(confirm, release if reachable else [])
+        return [answers[index] for index in range(len(deliveries))]
 
     @staticmethod
     def _duplicate(held: bytes | None, *, event_type: str, event_id: str) -> Answer:

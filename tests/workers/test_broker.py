@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 import dramatiq
+import pytest
 import redis
 
+from schemas.messages import HANDLE_NOTION_EVENT, SYNC_LIGHTSPEED_STREAM, SYNC_SQUARE_STREAM, SyncRequest
 from schemas.settings import Settings
 from tests.polling import wait_until
 from tests.workers.conftest import TEST_QUEUE
-from workers.broker import PossyncRedisBroker, build_broker
+from workers.broker import PossyncRedisBroker, build_broker, send_many
 from workers.errors import PermanentError, RateLimited, SourceUnavailable
 from workers.queues import RequestProgress, dead_letters, queue_depth, request_progress
 
@@ -156,3 +158,87 @@ def test_a_dead_workers_messages_come_back_after_the_heartbeat_timeout(redis_url
         thread.join()
     assert time.monotonic() - started >= 4.0
     assert queue_depth(client, QUEUE).in_flight == 0
+
+
+def test_send_many_enqueues_a_batch_in_order_with_each_message_tracked(
+    broker: PossyncRedisBroker, run_worker: Any
+) -> None:
+    # Given payloads for two queues, under two requests
+    items: list[tuple[Any, Any]] = [
+        (SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b1", stream="payments")),
+        (SYNC_LIGHTSPEED_STREAM, SyncRequest(request_id="req-b1", source="lightspeed", stream="sales")),
+        (SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b2", stream="items")),
+    ]
+
+    # When they are sent as one batch
+    results = send_many(broker, items)
+
+    # Then each is on its queue, in order, and pending for its request
+    assert all(isinstance(result, dramatiq.Message) for result in results)
+    square = [m.kwargs["payload"]["stream"] for m in _queued(broker.client, "square")]
+    assert square == ["payments", "items"]
+    assert [m.kwargs["payload"]["stream"] for m in _queued(broker.client, "lightspeed")] == ["sales"]
+    progress = request_progress(broker.client, "req-b1")
+    assert (progress.total, progress.pending) == (2, 2)
+    # And a worker running them marks them done
+    done: list[str] = []
+    for route in (SYNC_SQUARE_STREAM, SYNC_LIGHTSPEED_STREAM):
+        dramatiq.actor(broker=broker, queue_name=route.queue, actor_name=route.actor)(
+            lambda payload: done.append(payload["stream"])
+        )
+    run_worker("square")
+    run_worker("lightspeed")
+    assert wait_until(
+        lambda: _finished(broker.client, "req-b2"), timeout_seconds=20, message="req-b2 never finished"
+    )
+    assert wait_until(
+        lambda: _finished(broker.client, "req-b1"), timeout_seconds=20, message="req-b1 never finished"
+    )
+    assert sorted(done) == ["items", "payments", "sales"]
+
+
+def test_send_many_refuses_a_wrong_payload_before_sending_anything(broker: PossyncRedisBroker) -> None:
+    # Given a batch whose second payload does not fit its route
+    items: list[tuple[Any, Any]] = [
+        (SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b3", stream="payments")),
+        (HANDLE_NOTION_EVENT, SyncRequest(request_id="req-b3", stream="payments")),
+    ]
+
+    # When it is sent, then TypeError, and nothing was enqueued or tracked
+    with pytest.raises(TypeError, match="handle_notion_event takes WebhookEvent"):
+        send_many(broker, items)
+    assert broker.client.llen("dramatiq:square") == 0
+    assert request_progress(broker.client, "req-b3").total == 0
+
+
+def test_send_many_reports_each_message_redis_refused(broker: PossyncRedisBroker) -> None:
+    # Given a Redis that refuses writes (as when it is out of memory under noeviction)
+    broker.client.config_set("maxmemory", "1")
+    try:
+        # When a batch is sent
+        results = send_many(broker, [(SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b4", stream="items"))])
+    finally:
+        broker.client.config_set("maxmemory", "0")
+
+    # Then the message's own error comes back in its place
+    assert len(results) == 1
+    assert isinstance(results[0], redis.ResponseError)
+
+
+def test_send_many_reloads_the_dispatch_script_after_redis_forgot_it(broker: PossyncRedisBroker) -> None:
+    # Given a broker that has enqueued before, and a Redis whose script cache was flushed since
+    send_many(broker, [(SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b5", stream="items"))])
+    broker.client.script_flush()
+
+    # When a batch is sent
+    results = send_many(broker, [(SYNC_SQUARE_STREAM, SyncRequest(request_id="req-b5", stream="payments"))])
+
+    # Then it was enqueued all the same
+    assert isinstance(results[0], dramatiq.Message)
+    assert [m.kwargs["payload"]["stream"] for m in _queued(broker.client, "square")] == ["items", "payments"]
+
+
+def _queued(client: redis.Redis, queue: str) -> list[dramatiq.Message[Any]]:
+    ids = client.lrange(f"dramatiq:{queue}", 0, -1)
+    raw = client.hmget(f"dramatiq:{queue}.msgs", ids) if ids else []
+    return [dramatiq.Message.decode(data) for data in raw if isinstance(data, bytes)]
