@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout_seconds: int = Field(default=30, ge=5)
     #: How often each worker process beats its heartbeat and requeues dead workers' messages.
     worker_maintenance_interval_seconds: float = Field(default=10.0, gt=0)
+    #: The longest pause between a worker's polls of an empty queue, ms (Dramatiq's own is 1,000): a
+    #: message enqueued on an idle queue waits at most this long to be taken.
+    worker_idle_poll_ms: int = Field(default=100, ge=10, le=10_000)
 
     # Reports and logs.
     report_timezone: str = "UTC"

@@ -238,6 +238,34 @@ def test_send_many_reloads_the_dispatch_script_after_redis_forgot_it(broker: Pos
     assert [m.kwargs["payload"]["stream"] for m in _queued(broker.client, "square")] == ["items", "payments"]
 
 
+def test_an_idle_queue_is_polled_at_most_the_setting_apart(redis_url: str) -> None:
+    # Given a broker built with POSSYNC_WORKER_IDLE_POLL_MS=50
+    broker = build_broker(Settings(redis_url=redis_url, worker_idle_poll_ms=50))
+    broker.declare_queue(TEST_QUEUE)
+    try:
+        # When a worker's consumer is made with Dramatiq's own 1 s idle timeout, and a sync by default
+        consumer = broker.consume(TEST_QUEUE, prefetch=1, timeout=1000)
+        default = build_broker(Settings(redis_url=redis_url)).consume(TEST_QUEUE, prefetch=1, timeout=1000)
+
+        # Then its backoff between polls of the empty queue stops at 50 ms (100 ms by default), not 1 s
+        assert (consumer.timeout, default.timeout) == (50, 100)  # type: ignore[attr-defined]
+        assert broker.consume(TEST_QUEUE, timeout=20).timeout == 20  # type: ignore[attr-defined]
+
+        # And a message sent after a run of empty polls is still taken
+        for _ in range(10):
+            assert next(consumer) is None
+        broker.enqueue(
+            dramatiq.Message(queue_name=TEST_QUEUE, actor_name="a", args=(), kwargs={}, options={})
+        )
+        taken = wait_until(lambda: next(consumer), timeout_seconds=10, message="the message was never taken")
+        assert taken is not None
+        consumer.ack(taken)
+        consumer.close()
+        default.close()
+    finally:
+        broker.close()
+
+
 def _queued(client: redis.Redis, queue: str) -> list[dramatiq.Message[Any]]:
     ids = client.lrange(f"dramatiq:{queue}", 0, -1)
     raw = client.hmget(f"dramatiq:{queue}.msgs", ids) if ids else []
