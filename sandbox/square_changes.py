@@ -4,6 +4,7 @@ Like every ``/_sandbox/`` endpoint they need no auth and are never faulted. Each
 the clock's "now" (see :meth:`sandbox.square_data.SquareDataset.change_instant`), answers with the
 new state and the event it published, and delivers that event to the webhook URL when one is set:
 
+- ``POST /_sandbox/payments/create`` ``{"count"?}`` -> one ``payment.created`` per payment
 - ``POST /_sandbox/payments/{payment_id}/update`` ``{"status"?, "refund_cents"?}`` -> ``payment.updated``
 - ``POST /_sandbox/customers/create`` -> ``customer.created``
 - ``POST /_sandbox/customers/{customer_id}/update`` -> ``customer.updated``
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,11 +37,13 @@ from sandbox.square_webhooks import (
     payment_event,
 )
 
-__all__ = ["MAX_ADVANCE_EVENTS", "ChangeAdmin"]
+__all__ = ["MAX_ADVANCE_EVENTS", "MAX_CREATED_PAYMENTS", "ChangeAdmin"]
 
 #: Events one clock advance publishes at most (the rest are counted as skipped): an advance may
 #: create or change thousands of payments, and a test's receiver wants a bounded stream.
 MAX_ADVANCE_EVENTS = 500
+#: Payments one ``/_sandbox/payments/create`` request makes at most.
+MAX_CREATED_PAYMENTS = 100
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -86,6 +90,7 @@ class ChangeAdmin:
     def routes(self) -> list[Route]:
         """The change and webhook routes."""
         handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
+            ("/_sandbox/payments/create", self.create_payments, ["POST"]),
             ("/_sandbox/payments/{payment_id}/update", self.update_payment, ["POST"]),
             ("/_sandbox/customers/create", self.create_customer, ["POST"]),
             ("/_sandbox/customers/{customer_id}/update", self.update_customer, ["POST"]),
@@ -114,6 +119,36 @@ class ChangeAdmin:
         return event
 
     # -- changes -------------------------------------------------------------------------------------
+
+    async def create_payments(self, request: Request) -> Response:
+        """Make ``count`` new payments now (default 1): ``{"payments", "events", "visible_at"}``.
+
+        They are created at the clock's "now" (ticked past the newest payment if need be), as they
+        would be at the end of a clock advance, and each publishes ``payment.created``.
+        ``visible_at`` is the wall-clock instant (UTC, microseconds; not the sandbox clock) from
+        which the API serves them, for measuring how long they take to reach a warehouse.
+        """
+        body = await _body(request)
+        duplicate = _flag(body, "duplicate")
+        count = body.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CREATED_PAYMENTS:
+            raise _BadRequest(f"count must be an integer from 1 to {MAX_CREATED_PAYMENTS}")
+        data = self.data
+        newest = data.created_ms(data.payment_count - 1) if data.payment_count else data.now_ms - 1
+        # Not before the newest payment (creation times only grow), and never moving the clock back.
+        at = data.change_instant(max(newest, data.now_ms - 1))
+        # A cap just past creation: a payment made now has had no time to change yet.
+        for _ in range(count):
+            data.add_payment(at, cap_ms=at + 1)
+        visible_at = datetime.now(UTC).isoformat()
+        payments, events = [], []
+        for index in range(data.payment_count - count, data.payment_count):
+            state = data.payment_state(index)
+            payment = state.to_api()
+            event = payment_event(data.merchant_id, "payment.created", payment, state.created_ms)
+            payments.append(payment)
+            events.append(self._publish(event, duplicate))
+        return _json({"payments": payments, "events": events, "visible_at": visible_at})
 
     async def update_payment(self, request: Request) -> Response:
         """Capture, void or refund a payment now: ``{"payment", "event"}``."""
