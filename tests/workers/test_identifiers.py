@@ -16,13 +16,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,6 +32,7 @@ from producers.enqueue import enqueue
 from schemas.messages import RUN_MIGRATION, MigrationRequest
 from schemas.settings import ENV_PREFIX, ConfigError, Settings
 from tests.polling import wait_until
+from tests.tripwire import Tripwire, serve_tripwire
 from workers.actors import register_actors
 from workers.broker import build_broker
 from workers.migrations import migration_id_for
@@ -71,40 +68,11 @@ BAD_PROJECTS = [
 ]
 
 
-@dataclass
-class Tripwire:
-    """A loopback HTTP server standing in for BigQuery; records each request, answers 401."""
-
-    url: str
-    requests: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
 def tripwire() -> Iterator[Tripwire]:
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            seen.append(f"{self.command} {self.path}")
-            body = b'{"error": {"code": 401, "message": "tripwire", "errors": []}}'
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Tripwire(url=f"http://127.0.0.1:{server.server_port}", requests=seen)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    """The recording server, answering 401 in BigQuery's error shape, stopped after the test."""
+    with serve_tripwire(b'{"error": {"code": 401, "message": "tripwire", "errors": []}}') as wire:
+        yield wire
 
 
 @pytest.fixture

@@ -13,11 +13,8 @@ checkpoint, plan, pause or semaphore key). A valid message sent the same way doe
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dramatiq
@@ -28,6 +25,7 @@ from dramatiq import Worker
 from schemas.messages import QUEUES, ROUTES
 from schemas.settings import Settings
 from tests.polling import wait_until
+from tests.tripwire import Tripwire, serve_tripwire
 from workers.actors import register_actors
 from workers.broker import PossyncRedisBroker, build_broker
 from workers.queues import DeadLetter, dead_letters, queue_depth
@@ -42,41 +40,11 @@ WHEN = "2025-06-01T00:00:00Z"
 LATER = "2025-07-01T00:00:00Z"
 
 
-@dataclass
-class Tripwire:
-    """A loopback HTTP server standing in for every external system; answers 401 to everything."""
-
-    url: str
-    requests: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
 def tripwire() -> Iterator[Tripwire]:
-    """The recording server, on a free loopback port, stopped after the test."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            seen.append(f"{self.command} {self.path}")
-            body = b'{"errors": [{"code": "UNAUTHORIZED", "detail": "tripwire"}]}'
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Tripwire(url=f"http://127.0.0.1:{server.server_port}", requests=seen)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    """The recording server, answering 401 in Square's error shape, stopped after the test."""
+    with serve_tripwire(b'{"errors": [{"code": "UNAUTHORIZED", "detail": "tripwire"}]}') as wire:
+        yield wire
 
 
 @pytest.fixture
