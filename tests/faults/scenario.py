@@ -10,12 +10,14 @@ import httpx
 
 from tests.e2e.conftest import System, WorkerPool
 from tests.faults.conftest import Figures
+from tests.polling import wait_until
 
 __all__ = [
     "add_retries",
     "answers",
     "assert_exact",
     "backfill_done",
+    "backfill_under_way",
     "part_done",
     "plan",
     "quiet",
@@ -46,6 +48,15 @@ def start_pool(
         POSSYNC_WORKER_MAINTENANCE_INTERVAL_SECONDS="1",
         POSSYNC_SQUARE_TIMEOUT_SECONDS=square_timeout_seconds,
     )
+
+
+def backfill_under_way(system: System, *, processes: int = 2, threads: int = 3) -> WorkerPool:
+    """Start a pool and a backfill of the whole history in 30-day windows, and return the pool once
+    the backfill is under way (:func:`part_done`): the moment a scenario breaks something."""
+    pool = start_pool(system, processes=processes, threads=threads)
+    system.cli("backfill", "square", "--since", since(system), "--window-days", "30", check=True)
+    wait_until(lambda: part_done(system), timeout_seconds=300, message="the backfill never got under way")
+    return pool
 
 
 def since(system: System) -> str:

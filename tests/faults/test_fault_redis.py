@@ -13,7 +13,7 @@ import pytest
 from sandbox.redis_server import RedisServer
 from tests.e2e.conftest import System
 from tests.faults.conftest import FAULT_PAYMENTS, Figures, check_payments, pool_counter, pool_retries
-from tests.faults.scenario import assert_exact, backfill_done, part_done, plan, quiet, since, start_pool
+from tests.faults.scenario import assert_exact, backfill_done, backfill_under_way, plan, quiet
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.faults
@@ -43,9 +43,7 @@ def test_redis_killed_and_restarted_then_the_backfill_resumed(
     # Given a backfill in small windows behind a slow sandbox, on a Redis server with AOF on
     system = make_system(payments=FAULT_PAYMENTS, latency_ms=30)
     started = time.monotonic()
-    pool = start_pool(system, processes=2, threads=3)
-    system.cli("backfill", "square", "--since", since(system), "--window-days", "30", check=True)
-    wait_until(lambda: part_done(system), timeout_seconds=300, message="the backfill never got under way")
+    pool = backfill_under_way(system)
 
     # When Redis is SIGKILLed while windows are in flight (no final fsync), kept down for 5 s, and
     # the pool notices

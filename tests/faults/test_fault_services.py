@@ -15,16 +15,7 @@ import pytest
 from sandbox.emulator import BigQueryEmulator
 from tests.e2e.conftest import System
 from tests.faults.conftest import FAULT_PAYMENTS, Figures, check_payments, pool_counter, pool_retries
-from tests.faults.scenario import (
-    answers,
-    assert_exact,
-    backfill_done,
-    part_done,
-    plan,
-    quiet,
-    since,
-    start_pool,
-)
+from tests.faults.scenario import answers, assert_exact, backfill_done, backfill_under_way, plan, quiet
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.faults
@@ -41,9 +32,7 @@ def test_the_bigquery_emulator_stopped_for_twenty_seconds(
     # Given a backfill in small windows behind a slow sandbox
     system = make_system(payments=FAULT_PAYMENTS, latency_ms=30)
     started = time.monotonic()
-    pool = start_pool(system, processes=2, threads=3)
-    system.cli("backfill", "square", "--since", since(system), "--window-days", "30", check=True)
-    wait_until(lambda: part_done(system), timeout_seconds=300, message="the backfill never got under way")
+    pool = backfill_under_way(system)
     failures_before = pool_counter(pool, "dramatiq_message_errors_total")
 
     # When the emulator is stopped for 20 s, the workers still fetching and trying to load
@@ -79,9 +68,7 @@ def test_a_square_token_revoked_mid_run_then_restored_and_the_dead_letters_repla
     # Given a backfill in small windows behind a slow sandbox
     system = make_system(payments=FAULT_PAYMENTS, latency_ms=30)
     started = time.monotonic()
-    pool = start_pool(system, processes=2, threads=3)
-    system.cli("backfill", "square", "--since", since(system), "--window-days", "30", check=True)
-    wait_until(lambda: part_done(system), timeout_seconds=300, message="the backfill never got under way")
+    pool = backfill_under_way(system)
 
     # When the token is revoked mid-run
     system.sandbox.admin.set_faults(token_revoked=True)
