@@ -79,7 +79,9 @@ def test_a_square_token_revoked_mid_run_then_restored_and_the_dead_letters_repla
     letters: list[dict[str, Any]] = json.loads(system.cli("dlq", "list", "--json", check=True).stdout)
     assert 0 < len(letters) == counts["failed"] == counts["missing"] < counts["windows"], (letters, counts)
     assert {letter["error_type"] for letter in letters} == {"SourceAuthError"}
-    assert all(letter["retries"] == 0 for letter in letters)
+    # (A window may have been retried for another reason before the revocation, e.g. a slow load
+    # under CI's load: what matters is that none was retried after its 401, counted next.)
+    assert all("401" in letter["error"] for letter in letters), letters
     refused = answers(system, "401")
     assert refused == len(letters), f"{refused} requests refused with 401 for {len(letters)} dead letters"
 
