@@ -1,11 +1,12 @@
 """Rows to the sink in bounded batches, written by one thread while the caller keeps fetching.
 
 A :class:`Batcher` gathers one table's rows, at most one per key (the newest version), up to a row
-and byte bound, and names each batch by what it covers so a redelivered message re-attaches to the
-load it already ran. A :class:`Writer` thread loads the previous batch while the caller pages and
-converts the next (a queue of one batch between them); its error is raised in the caller's thread.
-Records that fail validation become :func:`reject_row` rows for ``_possync_rejects``, stripped of
-personal data, and go through a batcher of their own.
+and byte bound, each encoded once as the NDJSON line its load job reads and spooled to a file, and
+names each batch by what it covers so a redelivered message re-attaches to the load it already ran.
+A :class:`Writer` thread loads the previous batch while the caller pages and converts the next (a
+queue of one batch between them); its error is raised in the caller's thread. Records that fail
+validation become :func:`reject_row` rows for ``_possync_rejects``, stripped of personal data, and
+go through a batcher of their own.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import json
 import queue
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from pydantic import ValidationError
 
-from schemas.tables import TableSpec
+from schemas.tables import METADATA_COLUMNS, TableSpec
+from workers.ndjson import EncodedRows, encode_row, new_spool
+from workers.sinks.bigquery_sql import PartitionRange
 
 __all__ = ["MAX_REASON_CHARS", "Batch", "Batcher", "Sink", "Writer", "reject_row"]
 
@@ -31,6 +34,7 @@ __all__ = ["MAX_REASON_CHARS", "Batch", "Batcher", "Sink", "Writer", "reject_row
 MAX_REASON_CHARS = 2000
 #: Keys of personal data dropped from a rejected record's raw JSON before it is stored: the
 #: warehouse never copies what analytics does not need.
+_METADATA_NAMES = frozenset(column.name for column in METADATA_COLUMNS)
 _PERSONAL_KEYS = frozenset(
     {
         "given_name", "family_name", "nickname", "company_name", "email_address", "buyer_email_address",
@@ -43,7 +47,9 @@ _PERSONAL_KEYS = frozenset(
 class Sink(Protocol):
     """Where batches go (``workers/sinks/bigquery.py:BigQuerySink``): idempotent per ``batch_id``."""
 
-    def write(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], *, batch_id: str) -> object:
+    def write(
+        self, spec: TableSpec, rows: EncodedRows | Sequence[Mapping[str, Any]], *, batch_id: str
+    ) -> object:
         """Merge ``rows`` into ``spec``'s table; a repeated ``batch_id`` re-attaches, never duplicates."""
         ...
 
@@ -53,66 +59,103 @@ class Batch:
     """Rows for one sink write, named by ``batch_id`` (the sink's idempotency key)."""
 
     spec: TableSpec
-    rows: list[dict[str, Any]]
+    rows: EncodedRows
     batch_id: str
 
 
-@dataclass
 class Batcher:
-    """Rows of one table, bounded by rows and bytes; one row per key (the newest version)."""
+    """Rows of one table, bounded by rows and bytes; one row per key (the newest version).
 
-    spec: TableSpec
-    scope: str
-    stream: str
-    max_rows: int
-    max_bytes: int
-    rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
-    size_bytes: int = 0
+    Each row is encoded once, as the NDJSON line its load job reads, and spooled to a file
+    (:mod:`workers.ndjson`); what stays in memory is each key's version marker.
+    """
+
+    def __init__(self, spec: TableSpec, scope: str, stream: str, max_rows: int, max_bytes: int) -> None:
+        self.spec = spec
+        self.scope = scope
+        self.stream = stream
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._start()
+
+    def _start(self) -> None:
+        #: Each key's version marker (its version, or a digest of its content for unversioned tables).
+        self.markers: dict[tuple[Any, ...], Any] = {}
+        #: Keys met twice with a newer version: their older lines are dropped at flush.
+        self.replaced: set[tuple[Any, ...]] = set()
+        self.size_bytes = 0
+        self._lines = new_spool()
+        self._partition = PartitionRange() if self.spec.partition_field is not None else None
 
     def add(self, row: dict[str, Any]) -> Batch | None:
         """Add a row; return the batch to write first if the row would overflow the bounds."""
-        # The row as the NDJSON line the sink loads: a cheap, close estimate of what it costs.
-        row_bytes = len(json.dumps(row, separators=(",", ":"), default=str)) + 1
+        line = encode_row(row)
         key = tuple(row.get(column) for column in self.spec.key)
         flushed = None
-        if key not in self.rows and (
-            len(self.rows) + 1 > self.max_rows or self.size_bytes + row_bytes > self.max_bytes
+        if key not in self.markers and (
+            len(self.markers) + 1 > self.max_rows or self.size_bytes + len(line) > self.max_bytes
         ):
             flushed = self.flush()
-        existing = self.rows.get(key)
-        # A record met twice in one read (it changed between pages) keeps its newest version: a MERGE
-        # must match at most one source row per target row.
-        if existing is None or _newer(self.spec, row, existing):
-            # A replaced row's bytes stay counted: an overestimate keeps the batch within bounds.
-            self.size_bytes += row_bytes
-            self.rows[key] = row
+        marker = self._marker(row)
+        existing = self.markers.get(key)
+        if existing is not None:
+            # A record met twice in one read (it changed between pages) keeps its newest version: a
+            # MERGE must match at most one source row per target row.
+            if self.spec.version_column is None or not _newer(marker, existing):
+                return flushed
+            self.replaced.add(key)
+        self.markers[key] = marker
+        self._lines.write(line)
+        # A replaced row's bytes stay counted: an overestimate keeps the batch within bounds.
+        self.size_bytes += len(line)
+        if self._partition is not None and self.spec.partition_field is not None:
+            self._partition.add(self.spec, row.get(self.spec.partition_field))
         return flushed
+
+    def _marker(self, row: Mapping[str, Any]) -> Any:
+        if self.spec.version_column is not None:
+            return row.get(self.spec.version_column)
+        # Without ingestion metadata, so a redelivered message's rows get the same batch id.
+        content = {name: value for name, value in row.items() if name not in _METADATA_NAMES}
+        return hashlib.sha256(encode_row(content)).hexdigest()[:16]
 
     def flush(self) -> Batch | None:
         """The rows held as a batch (``None`` if empty), and start over."""
-        if not self.rows:
+        if not self.markers:
             return None
-        version = self.spec.version_column
-        by_key = sorted(("|".join(str(part) for part in key), row) for key, row in self.rows.items())
+        lines = self._lines if not self.replaced else self._without_replaced()
+        by_key = sorted(("|".join(str(part) for part in key), marker) for key, marker in self.markers.items())
         digest = hashlib.sha256()
-        for key_text, row in by_key:
-            marker = row.get(version) if version else json.dumps(row, sort_keys=True, default=str)
+        for key_text, marker in by_key:
             digest.update(f"{key_text}\x1f{marker}\x1e".encode())
+        contents = digest.hexdigest()
         # Derived from what the batch covers, so a redelivered message re-attaches to the job it
         # already ran; the digest of keys and versions tells apart two reads of the same key range
         # in which a record changed (the job id must then differ, or the change would be skipped).
         first, last = by_key[0][0], by_key[-1][0]
-        batch_id = f"{self.stream}:{self.scope}:{first}:{last}:{digest.hexdigest()[:16]}"
-        batch = Batch(self.spec, list(self.rows.values()), batch_id)
-        self.rows = {}
-        self.size_bytes = 0
-        return batch
+        batch_id = f"{self.stream}:{self.scope}:{first}:{last}:{contents[:16]}"
+        rows = EncodedRows(
+            lines, count=len(self.markers), size=lines.tell(), contents=contents, partition=self._partition
+        )
+        self._start()
+        return Batch(self.spec, rows, batch_id)
+
+    def _without_replaced(self) -> IO[bytes]:
+        """The lines with each replaced key's older versions left out (only its marker's line kept)."""
+        kept = new_spool()
+        self._lines.seek(0)
+        for line in self._lines:
+            row = json.loads(line)
+            key = tuple(row.get(column) for column in self.spec.key)
+            if key in self.replaced and self.markers.get(key) != self._marker(row):
+                continue
+            kept.write(line)
+        self._lines.close()
+        return kept
 
 
-def _newer(spec: TableSpec, row: Mapping[str, Any], existing: Mapping[str, Any]) -> bool:
-    if spec.version_column is None:
-        return False
-    new, old = row.get(spec.version_column), existing.get(spec.version_column)
+def _newer(new: Any, old: Any) -> bool:
+    """Whether version ``new`` is later than ``old`` (ISO timestamps compared as times)."""
     if isinstance(new, str) and isinstance(old, str):
         return datetime.fromisoformat(new) > datetime.fromisoformat(old)
     return bool(new is not None and (old is None or new > old))
@@ -145,6 +188,8 @@ class Writer:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
                 self._error = exc
                 return
+            finally:
+                batch.rows.close()
             self.written[batch.spec.name] = self.written.get(batch.spec.name, 0) + len(batch.rows)
             self.batches += 1
 
@@ -175,7 +220,9 @@ class Writer:
         """Stop without writing what is still queued, and wait for the thread."""
         self._cancelled.set()
         with contextlib.suppress(queue.Empty):
-            self._queue.get_nowait()
+            queued = self._queue.get_nowait()
+            if queued is not None:
+                queued.rows.close()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         self._thread.join()

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -46,7 +46,7 @@ class MemorySink:
         self.before_write: Callable[[int], None] | None = None
         self._lock = threading.Lock()
 
-    def write(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], *, batch_id: str) -> object:
+    def write(self, spec: TableSpec, rows: Iterable[Mapping[str, Any]], *, batch_id: str) -> object:
         with self._lock:
             number = len(self.writes) + 1
         if self.before_write is not None:

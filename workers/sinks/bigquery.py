@@ -35,17 +35,16 @@ an empty, partitioned table, two runs each::
     content) re-attaches in about 0.01 s.
 
 Each write has a fixed cost (staging table, load job, MERGE, drop), so fewer, larger batches win;
-going from 50,000 to 100,000 rows saves 10-30 %, while memory per batch doubles (the NDJSON payload
-is built in memory) and a failed batch redoes twice the work. The defaults
-(``batch_max_rows=50,000``, ``batch_max_bytes=64 MiB``) stand: at ~440 bytes a row the row bound
-binds first (about 22 MB), and 50,000-row batches keep a table far below real BigQuery's 1,500
-load jobs per table per day (75 M rows/day).
+going from 50,000 to 100,000 rows saves 10-30 %, while a failed batch redoes twice the work. But
+google-cloud-bigquery reads a load's payload whole into memory to upload it, so a batch's bytes are
+also what each of a worker's threads holds while it writes. The defaults (``batch_max_rows=50,000``,
+``batch_max_bytes=8 MiB``, docs/benchmarks.md "Memory") keep a worker of 4 threads under 250 MB:
+the byte bound binds first (about 14,000 payment rows of ~590 bytes), still far below real
+BigQuery's 1,500 load jobs per table per day (21 M rows/day).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -61,6 +60,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 from schemas.tables import TABLES, TableSpec
 from workers.errors import WarehouseRejected, WarehouseUnavailable
 from workers.metrics import observe_bigquery_job
+from workers.ndjson import EncodedRows, encode_rows
 from workers.semaphore import PermitTimeout, TableSemaphore
 from workers.sinks.bigquery_client import (
     TRANSLATED_ERRORS,
@@ -298,12 +298,15 @@ class BigQuerySink:
         for name in plan.relax:
             _log.info("bigquery_column_relaxed", table=plan.table, column=name, mode="NULLABLE")
 
-    def write(self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], *, batch_id: str) -> WriteResult:
+    def write(
+        self, spec: TableSpec, rows: EncodedRows | Sequence[Mapping[str, Any]], *, batch_id: str
+    ) -> WriteResult:
         """Merge ``rows`` into ``spec``'s table, at most once per batch content.
 
         Args:
             spec: the target table.
-            rows: JSON-ready dicts (``row.model_dump(mode="json", by_alias=True)``).
+            rows: the batcher's encoded rows, or JSON-ready dicts
+                (``row.model_dump(mode="json", by_alias=True)``), which are encoded here.
             batch_id: the engine's stable id for what the batch covers.
 
         Returns:
@@ -316,14 +319,20 @@ class BigQuerySink:
         """
         started = time.monotonic()
         check_spec(spec)
-        if not rows:
+        if not len(rows):
             return WriteResult(spec.name, 0, None, None, None, None, None, False, None, False, 0, 0.0)
-        self._check_rows(spec, rows)
+        if not isinstance(rows, EncodedRows):
+            self._check_rows(spec, rows)
+            rows = encode_rows(spec, rows)
         self.ensure_tables([spec])
-        batch = BatchRef(self.project, self.dataset, spec.name, batch_id, content_digest(rows))
+        batch = BatchRef(self.project, self.dataset, spec.name, batch_id, rows.contents)
         staging = staging_table_name(batch)
         statement = build_merge(
-            spec, project=self.project, dataset=self.dataset, staging_table=staging, rows=rows
+            spec,
+            project=self.project,
+            dataset=self.dataset,
+            staging_table=staging,
+            partition=rows.partition,
         )
 
         done = self._finished_merge(batch)
@@ -461,7 +470,7 @@ class BigQuerySink:
         )
 
     def _load(
-        self, spec: TableSpec, rows: Sequence[Mapping[str, Any]], staging: str, batch: BatchRef
+        self, spec: TableSpec, rows: EncodedRows, staging: str, batch: BatchRef
     ) -> tuple[bigquery.LoadJob, bool]:
         table = bigquery.Table(self._ref(staging), schema=_schema(spec))
         table.expires = datetime.now(UTC) + timedelta(seconds=self.staging_ttl_seconds)
@@ -470,7 +479,6 @@ class BigQuerySink:
             self.client.create_table(table, exists_ok=True, retry=self._retry, timeout=self.timeout_seconds)
         except TRANSLATED_ERRORS as exc:
             raise translate_error(exc, action="create staging table") from exc
-        payload = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode()
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
             schema=_schema(spec),
@@ -482,13 +490,13 @@ class BigQuerySink:
 
         def create(load_id: str) -> bigquery.LoadJob:
             return self.client.load_table_from_file(
-                io.BytesIO(payload),
+                rows.payload(),
                 self._ref(staging),
                 job_id=load_id,
                 job_config=config,
                 location=self.location,
                 rewind=True,
-                size=len(payload),
+                size=rows.size,
                 timeout=self.timeout_seconds,
             )
 
@@ -534,7 +542,7 @@ class BigQuerySink:
     def _result(
         self,
         spec: TableSpec,
-        rows: Sequence[Mapping[str, Any]],
+        rows: EncodedRows,
         load: bigquery.LoadJob | None,
         merge: bigquery.QueryJob,
         *,

@@ -22,6 +22,7 @@ __all__ = [
     "BatchRef",
     "InvalidIdentifier",
     "MergeStatement",
+    "PartitionRange",
     "build_mark_deleted",
     "build_merge",
     "check_identifier",
@@ -191,6 +192,32 @@ def _partition_value(spec: TableSpec, value: Any) -> datetime | date:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+@dataclass
+class PartitionRange:
+    """The range of a batch's partition column, for the MERGE's partition pruning.
+
+    Attributes:
+        low: smallest value seen (``None`` until one is).
+        high: largest value seen.
+        nulls: whether some row had no value.
+    """
+
+    low: datetime | date | None = None
+    high: datetime | date | None = None
+    nulls: bool = False
+
+    def add(self, spec: TableSpec, value: Any) -> None:
+        """Widen the range to ``value`` (a JSON value of ``spec``'s partition column)."""
+        if value is None:
+            self.nulls = True
+            return
+        parsed = _partition_value(spec, value)
+        if self.low is None or parsed < self.low:
+            self.low = parsed
+        if self.high is None or parsed > self.high:
+            self.high = parsed
+
+
 def _key_match(spec: TableSpec) -> list[str]:
     conditions = []
     for name in spec.key:
@@ -208,7 +235,8 @@ def build_merge(
     project: str,
     dataset: str,
     staging_table: str,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]] = (),
+    partition: PartitionRange | None = None,
 ) -> MergeStatement:
     """The MERGE of a staging table into ``spec``'s table.
 
@@ -228,7 +256,8 @@ def build_merge(
         project: project id (checked).
         dataset: dataset name (checked).
         staging_table: staging table name (checked).
-        rows: the batch, to compute the partition range from.
+        rows: the batch, to compute the partition range from (when ``partition`` is not given).
+        partition: the batch's partition range, as the batcher gathered it.
 
     Raises:
         InvalidIdentifier: if any identifier is invalid (before any SQL is built).
@@ -250,13 +279,15 @@ def build_merge(
     parameters: list[tuple[str, str, Any]] = []
     if spec.partition_field is not None:
         field = spec.partition_field
-        values = [row.get(field) for row in rows]
-        present = [_partition_value(spec, value) for value in values if value is not None]
+        if partition is None:
+            partition = PartitionRange()
+            for row in rows:
+                partition.add(spec, row.get(field))
         kind = spec.column(field).type
-        if present:
-            parameters = [("partition_min", kind, min(present)), ("partition_max", kind, max(present))]
+        if partition.low is not None:
+            parameters = [("partition_min", kind, partition.low), ("partition_max", kind, partition.high)]
             bounded = f"T.`{field}` BETWEEN @partition_min AND @partition_max"
-            on.append(f"({bounded} OR T.`{field}` IS NULL)" if len(present) < len(values) else bounded)
+            on.append(f"({bounded} OR T.`{field}` IS NULL)" if partition.nulls else bounded)
         else:
             on.append(f"T.`{field}` IS NULL")
     lines = [
