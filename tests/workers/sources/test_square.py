@@ -664,6 +664,40 @@ def test_a_429_to_one_worker_pauses_the_whole_pool_for_its_retry_after(
     assert time.monotonic() - started >= 1.5
 
 
+def test_a_worker_that_found_no_pause_asks_again_after_recheck_seconds(redis_client: redis.Redis) -> None:
+    # Given a worker that just found no pause (its clock is the test's)
+    now = [100.0]
+    mine = SharedPause(
+        redis_client,
+        key="possync:test:recheck",
+        max_wait_seconds=5,
+        recheck_seconds=0.5,
+        clock=lambda: now[0],
+    )
+    other = SharedPause(redis_client, key="possync:test:recheck")
+    assert mine.wait() == 0.0
+
+    # When another worker is told to pause the pool
+    other.pause(1.0)
+
+    # Then within recheck_seconds this worker trusts what it found, without asking Redis
+    now[0] += 0.4
+    assert mine.wait() == 0.0
+    # And after them it sees the pause and waits it out
+    now[0] += 0.2
+    assert mine.wait() >= 0.5
+    assert mine.wait() == 0.0
+
+
+def test_a_pause_a_worker_sets_itself_applies_to_its_next_request_at_once(redis_client: redis.Redis) -> None:
+    mine = SharedPause(redis_client, key="possync:test:own", max_wait_seconds=5, recheck_seconds=60)
+    assert mine.wait() == 0.0
+    mine.pause(0.8)
+    started = time.monotonic()
+    assert mine.wait() >= 0.6
+    assert time.monotonic() - started >= 0.6
+
+
 def test_a_shorter_pause_never_cuts_a_longer_one(redis_client: redis.Redis) -> None:
     pause = SharedPause(redis_client, key="possync:test:pause", max_wait_seconds=5)
     pause.pause(1.0)
