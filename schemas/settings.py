@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     bigquery_timeout_seconds: float = 300.0
     #: Concurrent MERGE statements allowed per table (BigQuery runs 2 mutating DML per table at once).
     bigquery_merge_permits: int = Field(default=2, ge=1)
+    #: Load-job uploads one worker process sends at once: google-cloud-bigquery holds each upload's
+    #: payload (up to ``batch_max_bytes``) in memory while it sends it.
+    bigquery_uploads_per_process: int = Field(default=2, ge=1)
     #: Staging tables expire on their own after this long, seconds.
     bigquery_staging_ttl_seconds: int = Field(default=86_400, ge=600)
 

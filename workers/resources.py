@@ -74,6 +74,7 @@ class WorkerResources:
             dataset=settings.bigquery_dataset,
             location=settings.bigquery_location,
             semaphore=TableSemaphore(client, permits=settings.bigquery_merge_permits),
+            uploads=settings.bigquery_uploads_per_process,
             staging_ttl_seconds=settings.bigquery_staging_ttl_seconds,
             timeout_seconds=settings.bigquery_timeout_seconds,
             usd_per_tib=settings.bigquery_usd_per_tib,

@@ -145,6 +145,7 @@ class BigQuerySink:
         dataset: dataset name; created by :meth:`ensure_tables`.
         location: dataset and job location (``US``...).
         semaphore: the per-table semaphore every MERGE holds one permit of.
+        uploads: load-job uploads this sink sends at once (one sink per worker process).
         staging_ttl_seconds: staging tables expire this long after creation, seconds.
         timeout_seconds: deadline for each API call, job wait and permit wait, seconds.
         usd_per_tib: on-demand price per TiB billed, dollars, for the cost metric.
@@ -163,6 +164,7 @@ class BigQuerySink:
         dataset: str,
         location: str,
         semaphore: TableSemaphore,
+        uploads: int = 2,
         staging_ttl_seconds: int = 86_400,
         timeout_seconds: float = 300,
         usd_per_tib: float = 6.25,
@@ -175,6 +177,9 @@ class BigQuerySink:
         self.dataset = check_identifier("dataset", dataset)
         self.location = location
         self.semaphore = semaphore
+        # google-cloud-bigquery reads a payload whole to send it: the batches this process's
+        # threads upload at once are what it holds in memory beyond its steady state.
+        self._uploads = threading.BoundedSemaphore(uploads)
         self.staging_ttl_seconds = staging_ttl_seconds
         self.timeout_seconds = timeout_seconds
         self._retry = DEFAULT_RETRY.with_deadline(timeout_seconds)
@@ -489,16 +494,17 @@ class BigQuerySink:
         )
 
         def create(load_id: str) -> bigquery.LoadJob:
-            return self.client.load_table_from_file(
-                rows.payload(),
-                self._ref(staging),
-                job_id=load_id,
-                job_config=config,
-                location=self.location,
-                rewind=True,
-                size=rows.size,
-                timeout=self.timeout_seconds,
-            )
+            with self._uploads:  # returns once the payload is sent and the job exists
+                return self.client.load_table_from_file(
+                    rows.payload(),
+                    self._ref(staging),
+                    job_id=load_id,
+                    job_config=config,
+                    location=self.location,
+                    rewind=True,
+                    size=rows.size,
+                    timeout=self.timeout_seconds,
+                )
 
         job, attached = self._run_job("load", batch, create)
         load_job: bigquery.LoadJob = job
