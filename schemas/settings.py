@@ -149,7 +149,7 @@ class Settings(BaseSettings):
 
     # Sync engine.
     batch_max_rows: int = Field(default=50_000, ge=1)
-    batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    batch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     incremental_lookback_seconds: int = Field(default=900, ge=0)
     backfill_window_days: int = Field(default=365, ge=1)
 

@@ -18,7 +18,7 @@ from typing import IO, Any
 from schemas.tables import TableSpec
 from workers.sinks.bigquery_sql import PartitionRange, content_digest
 
-__all__ = ["EncodedRows", "encode_row", "encode_rows", "new_spool"]
+__all__ = ["SPOOL_BUFFER_BYTES", "EncodedRows", "encode_row", "encode_rows", "new_spool"]
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
@@ -26,9 +26,13 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
     return json.dumps(row, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+#: Write buffer of a spool, bytes: lines reach the file in few, large writes.
+SPOOL_BUFFER_BYTES = 256 * 1024
+
+
 def new_spool() -> IO[bytes]:
     """An empty file for lines, deleted when closed (or when the process ends)."""
-    return tempfile.TemporaryFile(mode="w+b")
+    return tempfile.TemporaryFile(mode="w+b", buffering=SPOOL_BUFFER_BYTES)
 
 
 class EncodedRows:

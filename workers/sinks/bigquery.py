@@ -37,10 +37,11 @@ an empty, partitioned table, two runs each::
 Each write has a fixed cost (staging table, load job, MERGE, drop), so fewer, larger batches win;
 going from 50,000 to 100,000 rows saves 10-30 %, while a failed batch redoes twice the work. But
 google-cloud-bigquery reads a load's payload whole into memory to upload it, so a batch's bytes are
-also what each of a worker's threads holds while it writes. The defaults (``batch_max_rows=50,000``,
-``batch_max_bytes=8 MiB``, docs/benchmarks.md "Memory") keep a worker of 4 threads under 250 MB:
-the byte bound binds first (about 14,000 payment rows of ~590 bytes), still far below real
-BigQuery's 1,500 load jobs per table per day (21 M rows/day).
+what an upload holds while it is sent; a sink sends at most ``uploads`` at once. The defaults
+(``batch_max_rows=50,000``, ``batch_max_bytes=16 MiB``, 2 uploads per process; docs/benchmarks.md
+"Memory") keep a worker of 4 threads near 150 MB whatever the size of a window: the byte bound
+binds first (about 28,000 payment rows of ~590 bytes), far below real BigQuery's 1,500 load jobs
+per table per day (42 M rows/day).
 """
 
 from __future__ import annotations
