@@ -41,7 +41,8 @@ from typing import Any
 
 import redis
 
-from bench.common import Target, add_common_arguments, median, print_table, print_targets, write_results
+from bench.processes import child_pids, status_kib, total_cpu_seconds
+from bench.reporting import Target, add_common_arguments, median, print_table, print_targets, write_results
 from sandbox.emulator import BigQueryEmulator
 from sandbox.process import SandboxProcess, free_port, start_square_sandbox
 from sandbox.redis_server import RedisServer
@@ -70,47 +71,6 @@ IDLE_CPU_FRACTION = 0.05
 #: What Dramatiq logs once per worker process when it has booted.
 _READY_LINE = b"Worker process is ready for action."
 _MB = 1024 * 1024
-
-
-# Processes, from /proc (Linux): the pool's children, their peak RSS and CPU time.
-
-
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid``, oldest first (Dramatiq forks its workers before fork processes)."""
-    found: list[tuple[int, int]] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = _stat_fields(int(entry.name))
-            except (OSError, ValueError):
-                continue
-            if int(fields[1]) == pid:
-                found.append((int(fields[19]), int(entry.name)))  # (starttime, pid)
-    return [child for _, child in sorted(found)]
-
-
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time of these processes (all their threads), seconds."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = _stat_fields(pid)
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # The system.
@@ -151,10 +111,10 @@ def _worker_pool(env: dict[str, str], *, processes: int, threads: int, log_path:
 
 def _wait_idle(pid: int, deadline: float, interval_seconds: float = 0.5) -> None:
     """Wait until the pool's processes use under :data:`IDLE_CPU_FRACTION` of a core over ``interval``."""
-    before = _cpu_seconds([pid, *_children(pid)])
+    before = total_cpu_seconds([pid, *child_pids(pid)])
     while time.monotonic() < deadline:
         time.sleep(interval_seconds)  # the measurement window, not synchronisation
-        now = _cpu_seconds([pid, *_children(pid)])
+        now = total_cpu_seconds([pid, *child_pids(pid)])
         if now - before < IDLE_CPU_FRACTION * interval_seconds:
             return
         before = now
@@ -237,7 +197,7 @@ class Bench:
         """CPU seconds used so far by the sandbox, the emulator and Redis."""
         assert self.sandbox is not None
         pids = {"sandbox": self.sandbox.process.pid, "emulator": self.emulator.pid, "redis": self.redis.pid}
-        return {name: _cpu_seconds([pid]) for name, pid in pids.items()}
+        return {name: total_cpu_seconds([pid]) for name, pid in pids.items()}
 
     def _cpu_since(self, before: dict[str, float]) -> dict[str, float]:
         return {name: round(seconds - before[name], 2) for name, seconds in self._service_cpu().items()}
@@ -269,8 +229,8 @@ class Bench:
         log_path = self.work_dir / f"worker-{dataset}.log"
         threads = self.args.threads
         with _worker_pool(env, processes=processes, threads=threads, log_path=log_path) as pool:
-            pool_pids = [pool.pid, *_children(pool.pid)]
-            cpu_before = _cpu_seconds(pool_pids), self._service_cpu()
+            pool_pids = [pool.pid, *child_pids(pool.pid)]
+            cpu_before = total_cpu_seconds(pool_pids), self._service_cpu()
             with _py_spy(pool.pid, profile):
                 started = time.perf_counter()
                 command = (
@@ -286,14 +246,14 @@ class Bench:
                     check=False,
                 )
                 seconds = time.perf_counter() - started
-            children = _children(pool.pid)
+            children = child_pids(pool.pid)
             workers, forks = children[:processes], children[processes:]
-            peaks = [_status_kib(pid, "VmHWM") * 1024 for pid in workers]
+            peaks = [status_kib(pid, "VmHWM") * 1024 for pid in workers]
             cpu = {
-                "workers": round(_cpu_seconds(pool_pids) - cpu_before[0], 2),
+                "workers": round(total_cpu_seconds(pool_pids) - cpu_before[0], 2),
                 **self._cpu_since(cpu_before[1]),
             }
-            other_peaks = [_status_kib(pid, "VmHWM") * 1024 for pid in [pool.pid, *forks]]
+            other_peaks = [status_kib(pid, "VmHWM") * 1024 for pid in [pool.pid, *forks]]
         if done.returncode not in (0, 1):
             raise RuntimeError(
                 f"possync backfill exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"

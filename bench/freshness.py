@@ -22,7 +22,8 @@ infinitely late. The services' logs give each phase's stages (delivery, queue wa
 watcher lag; or tick-to-pickup and sync time), a profile of where the time goes.
 ``--compare-worker-env`` measures each path a second time, in the same runs, with extra worker
 environment, for before/after figures of a setting. Prints a table and the targets (pass/miss),
-writes ``freshness.json``.
+writes ``freshness.json``. The system is started by :mod:`bench.freshness_system`; the payments and
+the watcher are in :mod:`bench.freshness_watcher`.
 """
 
 from __future__ import annotations
@@ -31,34 +32,27 @@ import argparse
 import json
 import math
 import os
-import re
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
-from bench.common import (
+from bench import processes
+from bench.freshness_system import PAYMENTS_TABLE, PRIME_SECONDS, Service, System, say, start_system
+from bench.freshness_watcher import Arrival, Watcher, create_payment, polling_cost
+from bench.reporting import (
     Target,
     add_common_arguments,
     median,
     percentile,
     print_table,
     print_targets,
-    redis_server,
     write_results,
 )
-from sandbox.local_service import free_port
 
 __all__ = ["build_parser", "cron_for", "main"]
 
@@ -69,26 +63,9 @@ SCHEDULED_SLACK_SECONDS = 2.0
 PATHS = ("scheduled", "webhook")
 #: Appended to a path's name for its phases under ``--compare-worker-env``.
 COMPARED_SUFFIX = "+env"
-PROJECT = "possync-bench"
-DATASET = "freshness"
-#: The sandbox's fake credentials.
-TOKEN = "sandbox-bench-token"
-SIGNATURE_KEY = "sandbox-bench-square-signature-key"
 #: How long a payment may take after the last arrival before it counts as never seen, seconds:
 #: beyond a scheduled interval or two, this much.
 DRAIN_SECONDS = 60.0
-#: Deadlines: a service answering after start, the first full sync, a process stopping; seconds.
-READY_SECONDS = 30.0
-PRIME_SECONDS = 300.0
-STOP_SECONDS = 30.0
-_PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
-_REPO = Path(__file__).resolve().parents[1]
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: Queries the polling cost is measured over, before the runs.
-_COST_QUERIES = 20
-#: The watcher queries the ids at least this often, seconds, even when the metadata seems unchanged
-#: (a safeguard: the emulator changes it with every write).
-_REQUERY_SECONDS = 5.0
 
 
 def cron_for(interval_seconds: int) -> str:
@@ -121,295 +98,10 @@ def _assignment(text: str) -> tuple[str, str]:
     return name, value
 
 
-# The system under test.
+# Arrivals, watched.
 
 
-@dataclass
-class _Service:
-    """A ``possync`` subprocess in its own process group, logging to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with status {self.process.returncode}; log: {self.log_path}"
-            )
-
-    def stop(self) -> None:
-        """SIGTERM to the group (a worker pool's children too), then SIGKILL after a deadline."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_SECONDS)
-
-
-@dataclass
-class _System:
-    """The running services and how to reach them."""
-
-    env: dict[str, str]
-    work_dir: Path
-    sandbox_url: str
-    receiver_url: str
-    redis: redis.Redis
-    bigquery: Any
-    emulator_pid: int
-    services: list[_Service] = field(default_factory=list)
-
-    def start(self, name: str, *argv: str, **env: str) -> _Service:
-        log_path = self.work_dir / f"{name}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "producers.cli", *argv],
-            cwd=_REPO,
-            env={**self.env, **env},
-            stdout=log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        service = _Service(name, process, log_path)
-        self.services.append(service)
-        return service
-
-    def check(self) -> None:
-        for service in self.services:
-            service.check()
-
-    def start_worker(self, options: argparse.Namespace, *, compared: bool) -> None:
-        """(Re)start the worker pool, with ``--compare-worker-env`` on top when ``compared``."""
-        for service in [service for service in self.services if service.name == "worker"]:
-            service.stop()
-            self.services.remove(service)
-        env = dict(options.worker_env) | (dict(options.compare_worker_env) if compared else {})
-        self.start(
-            "worker",
-            *("worker", "--queues", "square"),
-            *("--processes", str(options.processes), "--threads", str(options.threads)),
-            **env,
-        )
-
-    def set_webhooks(self, url: str | None) -> None:
-        """Have the sandbox deliver its events to ``url`` (signed for it), or to nobody."""
-        body: dict[str, Any] = {"url": url}
-        if url is not None:
-            body |= {"signature_key": SIGNATURE_KEY, "notification_url": url}
-        httpx.post(f"{self.sandbox_url}/_sandbox/webhooks", json=body, timeout=10).raise_for_status()
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU a process has used so far, seconds (from ``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-@contextmanager
-def _system(options: argparse.Namespace) -> Iterator[_System]:
-    """Everything running, the payments synced once; stopped afterwards."""
-    from sandbox.emulator import BigQueryEmulator
-    from sandbox.process import start_square_sandbox
-    from schemas.settings import ENV_PREFIX, Settings
-    from workers.sinks.bigquery import make_bigquery_client
-
-    work_dir = Path(tempfile.mkdtemp(prefix="possync-bench-freshness-"))
-    _say(f"logs in {work_dir}")
-    with ExitStack() as stack:
-        server = stack.enter_context(redis_server())
-        # Its data in a temporary directory of its own, removed when it stops; the logs stay.
-        emulator = stack.enter_context(BigQueryEmulator.start(PROJECT, python=options.emulator_python))
-        receiver_port = free_port()
-        receiver_url = f"http://127.0.0.1:{receiver_port}"
-        sandbox = stack.enter_context(
-            start_square_sandbox(
-                payments=options.history_payments,
-                customers=20,
-                items=10,
-                # On the wall clock to the second, so new payments carry about the real time.
-                anchor=datetime.now(UTC).replace(microsecond=0),
-                token=TOKEN,
-                webhook_signature_key=SIGNATURE_KEY,
-                log_path=work_dir / "square-sandbox.log",
-            )
-        )
-        values = {
-            "redis_url": server.url,
-            "square_base_url": sandbox.base_url,
-            "square_access_token": TOKEN,
-            "bigquery_project": PROJECT,
-            "bigquery_dataset": DATASET,
-            "bigquery_endpoint": emulator.endpoint,
-            "bigquery_location": "US",
-            "webhooks_port": str(receiver_port),
-            "square_webhook_signature_key": SIGNATURE_KEY,
-            "square_webhook_url": f"{receiver_url}/webhooks/square",
-            "worker_metrics_port": "0",
-            "scheduler_metrics_port": "0",
-        }
-        env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
-        env |= {ENV_PREFIX + key.upper(): value for key, value in values.items()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
-        settings = Settings.model_validate(values)
-        system = _System(
-            env=env,
-            work_dir=work_dir,
-            sandbox_url=sandbox.base_url,
-            receiver_url=receiver_url,
-            redis=redis.Redis.from_url(server.url),
-            bigquery=make_bigquery_client(settings),
-            emulator_pid=emulator.pid,
-        )
-        try:
-            receiver = system.start("webhooks", "webhooks")
-            system.start_worker(options, compared=False)
-            _wait_ready(f"{receiver_url}/readyz", receiver)
-            _say(f"syncing the {options.history_payments} payments of the history once ...")
-            primed = subprocess.run(
-                [
-                    *(sys.executable, "-m", "producers.cli", "sync", "square", "--stream", "payments"),
-                    *("--wait", "--timeout", str(PRIME_SECONDS)),
-                ],
-                cwd=_REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=PRIME_SECONDS + 30,
-                check=False,
-            )
-            if primed.returncode != 0:
-                raise RuntimeError(f"the first sync failed:\n{primed.stdout}\n{primed.stderr}")
-            yield system
-        finally:
-            for service in reversed(system.services):
-                service.stop()
-
-
-def _wait_ready(url: str, service: _Service) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        service.check()
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)  # polling interval while the server starts
-    raise RuntimeError(f"{url} did not answer 200 within {READY_SECONDS:.0f} s; log: {service.log_path}")
-
-
-# Arrivals and the watcher.
-
-
-@dataclass
-class _Arrival:
-    payment_id: str
-    #: Wall-clock instants, epoch seconds: made visible by the sandbox, first seen in the warehouse.
-    visible_at: float
-    seen_at: float | None = None
-
-    @property
-    def freshness_seconds(self) -> float:
-        return math.inf if self.seen_at is None else self.seen_at - self.visible_at
-
-
-class _Watcher(threading.Thread):
-    """Polls the warehouse for the payments not yet seen, one query for all of them."""
-
-    def __init__(self, client: Any, poll_seconds: float) -> None:
-        super().__init__(name="freshness-watcher", daemon=True)
-        self._client = client
-        self._poll_seconds = poll_seconds
-        #: The payments table, ``project.dataset.table``.
-        self.table = f"{PROJECT}.{DATASET}.square_payments"
-        self._pending: dict[str, _Arrival] = {}
-        self._lock = threading.Lock()
-        self._stop_event = threading.Event()
-        #: How long each query for the ids took (the metadata read before it included), seconds.
-        self.cycles_seconds: list[float] = []
-        #: Metadata reads and id queries made.
-        self.reads = 0
-        self.error: Exception | None = None
-        self._rows: int | None = None
-        self._queried = -math.inf
-
-    def add(self, arrival: _Arrival) -> None:
-        if not _PAYMENT_ID.match(arrival.payment_id):
-            raise ValueError(f"unexpected payment id {arrival.payment_id!r}")
-        with self._lock:
-            self._pending[arrival.payment_id] = arrival
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=STOP_SECONDS)
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.is_set():
-                started = time.monotonic()
-                self._poll()
-                elapsed = time.monotonic() - started
-                self._stop_event.wait(max(0.0, self._poll_seconds - elapsed))
-        except Exception as exc:
-            # The phase waiting on this thread fails with it; the thread's own traceback goes to stderr.
-            self.error = exc
-            raise
-
-    def query(self, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` the warehouse holds now."""
-        # Ids are checked to be plain tokens (add), so they are inlined: no emulator feature needed.
-        listed = ", ".join(f"'{payment_id}'" for payment_id in ids)
-        rows = self._client.query_and_wait(f"SELECT id FROM `{self.table}` WHERE id IN ({listed})")
-        return {str(row["id"]) for row in rows}
-
-    def _poll(self) -> None:
-        with self._lock:
-            ids = list(self._pending)
-        if not ids:
-            return
-        started = time.monotonic()
-        self.reads += 1
-        # The table's metadata is about a sixth of a query's cost to the emulator and changes with
-        # every write: the ids are only queried after one (or 5 s after the last query).
-        rows = self._client.get_table(self.table).num_rows
-        if rows == self._rows and started - self._queried < _REQUERY_SECONDS:
-            return
-        self._rows, self._queried = rows, time.monotonic()
-        found = self.query(ids)
-        seen_at = time.time()
-        self.cycles_seconds.append(time.monotonic() - started)
-        with self._lock:
-            for payment_id in found:
-                arrival = self._pending.pop(payment_id, None)
-                if arrival is not None:
-                    arrival.seen_at = seen_at
-
-
-def _create_payment(http: httpx.Client) -> _Arrival:
-    """One new payment in the sandbox now, its clock first moved on to the wall clock's second."""
-    now = http.get("/_sandbox/info").json()["now"]
-    lag_seconds = int(time.time() - datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp())
-    if lag_seconds >= 1:
-        http.post("/_sandbox/clock/advance", json={"seconds": lag_seconds}).raise_for_status()
-    answer = http.post("/_sandbox/payments/create", json={"count": 1})
-    answer.raise_for_status()
-    body = answer.json()
-    return _Arrival(body["payments"][0]["id"], datetime.fromisoformat(body["visible_at"]).timestamp())
-
-
-def _arrivals(system: _System, watcher: _Watcher, options: argparse.Namespace) -> list[_Arrival]:
+def _arrivals(system: System, watcher: Watcher, options: argparse.Namespace) -> list[Arrival]:
     """Payments arriving at a steady pace for the duration; each handed to the watcher."""
     count = max(1, round(options.duration_seconds / options.payment_every_seconds))
     arrivals = []
@@ -418,14 +110,14 @@ def _arrivals(system: _System, watcher: _Watcher, options: argparse.Namespace) -
         for index in range(count):
             # Pacing the arrivals (open loop: a slow request does not delay the next one's slot).
             time.sleep(max(0.0, started + index * options.payment_every_seconds - time.monotonic()))
-            arrival = _create_payment(http)
+            arrival = create_payment(http)
             watcher.add(arrival)
             arrivals.append(arrival)
             system.check()
     return arrivals
 
 
-def _drain(system: _System, watcher: _Watcher, deadline_seconds: float) -> None:
+def _drain(system: System, watcher: Watcher, deadline_seconds: float) -> None:
     """Wait until the watcher has seen every payment, or the deadline passes."""
     deadline = time.monotonic() + deadline_seconds
     while watcher.pending and time.monotonic() < deadline:
@@ -438,7 +130,7 @@ def _drain(system: _System, watcher: _Watcher, deadline_seconds: float) -> None:
 # One phase: one path, measured.
 
 
-def _idle(system: _System) -> None:
+def _idle(system: System) -> None:
     """Wait until no payments sync is queued or running (a tick may have sent one just before stop)."""
     from producers.scheduler import PENDING_KEY
     from workers.queues import request_progress
@@ -455,25 +147,6 @@ def _idle(system: _System) -> None:
             return
         time.sleep(0.2)  # polling interval of the wait
     raise RuntimeError("the last scheduled sync did not finish")
-
-
-def _polling_cost(system: _System) -> dict[str, float]:
-    """What the watcher's metadata read and id query each cost the emulator, measured alone, ms."""
-    watcher = _Watcher(system.bigquery, 0)
-    ids = [f"bench-absent-{n}" for n in range(60)]
-    table = watcher.table
-    cost: dict[str, float] = {}
-    for name, read in (
-        ("read", lambda: system.bigquery.get_table(table)),
-        ("query", lambda: watcher.query(ids)),
-    ):
-        read()  # the first one warms the emulator's caches
-        cpu, started = _cpu_seconds(system.emulator_pid), time.monotonic()
-        for _ in range(_COST_QUERIES):
-            read()
-        cost[f"emulator_cpu_ms_per_{name}"] = (_cpu_seconds(system.emulator_pid) - cpu) / _COST_QUERIES * 1000
-        cost[f"wall_ms_per_{name}"] = (time.monotonic() - started) / _COST_QUERIES * 1000
-    return cost
 
 
 def _events(log_path: Path, names: set[str], since: float) -> Iterator[dict[str, Any]]:
@@ -493,7 +166,7 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def _stages(path: str, system: _System, arrivals: list[_Arrival], since: float) -> dict[str, float]:
+def _stages(path: str, system: System, arrivals: list[Arrival], since: float) -> dict[str, float]:
     """Where the time went, medians in ms, from the services' logs: a profile of the path.
 
     Webhook path, per payment: sandbox to message enqueued by the receiver (``delivery``), enqueued
@@ -545,12 +218,12 @@ def _stages(path: str, system: _System, arrivals: list[_Arrival], since: float) 
     return {f"{name}_p50_ms": median(values) * 1000 for name, values in stages.items()}
 
 
-def _phase(path: str, system: _System, options: argparse.Namespace) -> dict[str, Any]:
-    watcher = _Watcher(system.bigquery, options.poll_ms / 1000)
-    cpu, started, wall_started = _cpu_seconds(system.emulator_pid), time.monotonic(), time.time()
+def _phase(path: str, system: System, options: argparse.Namespace) -> dict[str, Any]:
+    watcher = Watcher(system.bigquery, PAYMENTS_TABLE, options.poll_ms / 1000)
+    cpu, started, wall_started = processes.cpu_seconds(system.emulator_pid), time.monotonic(), time.time()
     load = os.getloadavg()[0]
     watcher.start()
-    schedulers: list[_Service] = []
+    schedulers: list[Service] = []
     try:
         if path == "webhook":
             system.set_webhooks(f"{system.receiver_url}/webhooks/square")
@@ -563,7 +236,7 @@ def _phase(path: str, system: _System, options: argparse.Namespace) -> dict[str,
         _drain(system, watcher, drain_seconds)
     finally:
         watcher.stop()
-        emulator_cpu, wall = _cpu_seconds(system.emulator_pid) - cpu, time.monotonic() - started
+        emulator_cpu, wall = processes.cpu_seconds(system.emulator_pid) - cpu, time.monotonic() - started
         system.set_webhooks(None)
         for scheduler in schedulers:
             scheduler.stop()
@@ -598,15 +271,15 @@ def _measure(options: argparse.Namespace) -> list[dict[str, Any]]:
     variants = (False, True) if options.compare_worker_env else (False,)
     phases = [(path, compared) for path in options.paths for compared in variants]
     runs = []
-    with _system(options) as system:
-        options.polling_cost = _polling_cost(system)
+    with start_system(options) as system:
+        options.polling_cost = polling_cost(system.bigquery, PAYMENTS_TABLE, system.emulator_pid)
         for run in range(options.runs):
             # Alternating order, so no phase always runs on a warmer (or more loaded) system.
             order = phases if run % 2 == 0 else phases[::-1]
             results: dict[str, Any] = {"run": run + 1, "order": [_label(*phase) for phase in order]}
             for path, compared in order:
                 label = _label(path, compared)
-                _say(f"run {run + 1}/{options.runs}: {label}, {options.duration_seconds:g} s ...")
+                say(f"run {run + 1}/{options.runs}: {label}, {options.duration_seconds:g} s ...")
                 if options.compare_worker_env:
                     # A fresh pool for every phase of a comparison, so each variant starts alike.
                     system.start_worker(options, compared=compared)

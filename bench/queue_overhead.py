@@ -39,7 +39,8 @@ import dramatiq
 import redis
 from dramatiq.middleware import Middleware
 
-from bench.common import add_common_arguments, median, print_table, redis_server, write_results
+from bench.reporting import add_common_arguments, median, print_table, write_results
+from sandbox.redis_server import RedisServer
 from schemas.messages import (
     LIGHTSPEED_QUEUE,
     ROUTES,
@@ -184,23 +185,15 @@ def _measure_possync(redis_url: str, messages: int, threads: int, log_path: Path
         acknowledged = _Acknowledged(messages)
         broker.add_middleware(acknowledged, before=LogContext)
         payloads = sample_payloads(messages)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        for route, payload in payloads:
-            enqueue(broker, route, payload)
-        enqueue_seconds, enqueue_cpu_seconds = (
-            time.perf_counter() - started,
-            time.process_time() - cpu_started,
-        )
-        drain_seconds, drain_cpu_seconds = _drain(broker, acknowledged, threads)
+
+        def send() -> None:
+            for route, payload in payloads:
+                enqueue(broker, route, payload)
+
+        figures = _enqueue_and_drain(broker, acknowledged, threads, send)
         dead = sum(int(broker.client.hlen(DEAD_KEY.format(queue=route.queue))) for route in ROUTES.values())
         broker.close()
-    return {
-        "enqueue_seconds": enqueue_seconds,
-        "drain_seconds": drain_seconds,
-        "enqueue_cpu_seconds": enqueue_cpu_seconds,
-        "drain_cpu_seconds": drain_cpu_seconds,
-        "dead_lettered": dead,
-    }
+    return {**figures, "dead_lettered": dead}
 
 
 def _measure_noop(redis_url: str, messages: int, threads: int) -> dict[str, Any]:
@@ -221,38 +214,49 @@ def _measure_noop(redis_url: str, messages: int, threads: int) -> dict[str, Any]
     }
     acknowledged = _Acknowledged(messages)
     broker.middleware.insert(0, acknowledged)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for queue in queues:
-        actors[queue].send()
-    enqueue_seconds, enqueue_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    drain_seconds, drain_cpu_seconds = _drain(broker, acknowledged, threads)
+
+    def send() -> None:
+        for queue in queues:
+            actors[queue].send()
+
+    figures = _enqueue_and_drain(broker, acknowledged, threads, send)
     broker.close()
-    return {
-        "enqueue_seconds": enqueue_seconds,
-        "drain_seconds": drain_seconds,
-        "enqueue_cpu_seconds": enqueue_cpu_seconds,
-        "drain_cpu_seconds": drain_cpu_seconds,
-        "dead_lettered": 0,
-    }
+    return {**figures, "dead_lettered": 0}
 
 
-def _drain(broker: dramatiq.Broker, acknowledged: _Acknowledged, threads: int) -> tuple[float, float]:
-    """Start a worker as ``possync worker`` does, wait for every acknowledgement.
+def _enqueue_and_drain(
+    broker: dramatiq.Broker, acknowledged: _Acknowledged, threads: int, send: Callable[[], None]
+) -> dict[str, float]:
+    """Time ``send`` (every message, one after another), then a worker draining them all.
+
+    The worker starts as ``possync worker`` starts one; the drain lasts from its start until
+    ``acknowledged`` has counted every message.
 
     Returns:
-        Wall seconds and CPU seconds of this process (every thread) from the worker's start to the
-        last acknowledgement.
+        ``{"enqueue_seconds", "drain_seconds", "enqueue_cpu_seconds", "drain_cpu_seconds"}``: wall
+        seconds, and CPU seconds of this process (every thread), of each phase.
+
+    Raises:
+        RuntimeError: the drain did not finish within :data:`DRAIN_TIMEOUT_SECONDS`.
     """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    send()
+    enqueue_seconds, enqueue_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, worker_threads=threads)
     started, cpu_started = time.perf_counter(), time.process_time()
     worker.start()
     finished = acknowledged.done.wait(DRAIN_TIMEOUT_SECONDS)
-    drain_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    drain_seconds, drain_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     worker.stop()
     if not finished:
         raise RuntimeError(f"only {acknowledged.count} of {acknowledged.expected} messages drained")
-    return drain_seconds, cpu_seconds
+    return {
+        "enqueue_seconds": enqueue_seconds,
+        "drain_seconds": drain_seconds,
+        "enqueue_cpu_seconds": enqueue_cpu_seconds,
+        "drain_cpu_seconds": drain_cpu_seconds,
+    }
 
 
 def _run_variant(variant: str, redis_url: str, options: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -291,7 +295,7 @@ def _run_variant(variant: str, redis_url: str, options: argparse.Namespace, log_
 
 def _measure(options: argparse.Namespace) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
-    with redis_server() as server, tempfile.TemporaryDirectory(prefix="possync-bench-") as scratch:
+    with RedisServer.start() as server, tempfile.TemporaryDirectory(prefix="possync-bench-") as scratch:
         client = redis.Redis.from_url(server.url)
         for index in range(options.runs):
             # Other work on the machine shows here: the figures of a busy run are less telling.

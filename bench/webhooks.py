@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -39,22 +37,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import redis
 
-from bench.common import (
+from bench import processes
+from bench.reporting import (
     Target,
     add_common_arguments,
     median,
     percentile,
     print_table,
     print_targets,
-    redis_server,
     write_results,
 )
 from producers.webhook_intake import NOTION_TOKEN_KEY
 from sandbox.local_service import die_with_parent, free_port
+from sandbox.notion_events import signed_headers
+from sandbox.readiness import wait_until_serving
+from sandbox.redis_server import RedisServer
 
 __all__ = ["main"]
 
@@ -69,7 +69,6 @@ STARTUP_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 _NOTION_PATH = "/webhooks/notion"
 _REPO = Path(__file__).resolve().parents[1]
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # The load generator (``--role load``), a process of its own.
@@ -95,10 +94,9 @@ def _notion_event() -> bytes:
     )
 
 
-def _signed(token: bytes) -> tuple[bytes, dict[str, str]]:
+def _signed(token: str) -> tuple[bytes, dict[str, str]]:
     body = _notion_event()
-    signature = "sha256=" + hmac.new(token, body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "X-Notion-Signature": signature}
+    return body, signed_headers(body, token)
 
 
 @dataclass
@@ -113,7 +111,7 @@ class _Tally:
         self.latencies.append(seconds)
 
 
-async def _post(session: Any, url: str, token: bytes) -> str:
+async def _post(session: Any, url: str, token: str) -> str:
     """Send one signed event; its status code, or the error's name."""
     import aiohttp
 
@@ -126,7 +124,7 @@ async def _post(session: Any, url: str, token: bytes) -> str:
         return type(exc).__name__
 
 
-async def _full_speed(session: Any, url: str, token: bytes, options: argparse.Namespace) -> dict[str, _Tally]:
+async def _full_speed(session: Any, url: str, token: str, options: argparse.Namespace) -> dict[str, _Tally]:
     """Closed loop; answers completed within the measured window count, the warm-up's do not."""
     measure_from = time.perf_counter() + options.warmup_seconds
     end = measure_from + options.duration_seconds
@@ -144,7 +142,7 @@ async def _full_speed(session: Any, url: str, token: bytes, options: argparse.Na
     return tallies
 
 
-async def _fixed_rate(session: Any, url: str, token: bytes, options: argparse.Namespace) -> dict[str, _Tally]:
+async def _fixed_rate(session: Any, url: str, token: str, options: argparse.Namespace) -> dict[str, _Tally]:
     """Open loop at ``options.rate``; latency from each event's scheduled time."""
     warmup_count = int(options.rate * options.warmup_seconds)
     total = warmup_count + int(options.rate * options.duration_seconds)
@@ -171,7 +169,7 @@ async def _fixed_rate(session: Any, url: str, token: bytes, options: argparse.Na
 async def _generate(options: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
-    token = options.token.encode()
+    token = options.token
     connector = aiohttp.TCPConnector(limit=options.connections)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -250,7 +248,7 @@ class _Server:
     url: str
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.process.pid)
+        return processes.cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -260,12 +258,6 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU of a process (all its threads), seconds, from ``/proc/<pid>/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _start(name: str, command: Sequence[str], env: dict[str, str], port: int, log_path: Path) -> _Server:
@@ -280,19 +272,20 @@ def _start(name: str, command: Sequence[str], env: dict[str, str], port: int, lo
             preexec_fn=die_with_parent,
         )
     server = _Server(name, process, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; log: {log_path}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
-                return server
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(
-                f"{name} did not answer /healthz within {STARTUP_SECONDS:g} s; log: {log_path}"
-            )
-        time.sleep(0.05)
+    try:
+        wait_until_serving(
+            server.url + "/healthz",
+            process,
+            name=name,
+            timeout_seconds=STARTUP_SECONDS,
+            log_path=log_path,
+            request_timeout_seconds=1.0,
+            interval_seconds=0.05,
+        )
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 @contextlib.contextmanager
@@ -362,12 +355,12 @@ def _phase(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     _reset(client)
-    cpu_before, redis_before = server.cpu_seconds(), _cpu_seconds(redis_pid)
+    cpu_before, redis_before = server.cpu_seconds(), processes.cpu_seconds(redis_pid)
     with _profiled(server, profile, options.warmup_seconds + options.duration_seconds):
         result = _load(server.url, mode, options)
     requests = max(1, result["requests_all_windows"])
     result["server_cpu_ms_per_request"] = (server.cpu_seconds() - cpu_before) * 1000 / requests
-    result["redis_cpu_ms_per_request"] = (_cpu_seconds(redis_pid) - redis_before) * 1000 / requests
+    result["redis_cpu_ms_per_request"] = (processes.cpu_seconds(redis_pid) - redis_before) * 1000 / requests
     # Every 200 from the receiver must be a message on the queue.
     result["enqueued"] = int(client.llen("dramatiq:notion")) if server.name == "possync webhooks" else None
     return result
@@ -411,7 +404,7 @@ def _profiled(server: _Server, output: Path | None, seconds: float) -> Iterator[
 def _measure(options: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with (
-        redis_server() as server,
+        RedisServer.start() as server,
         tempfile.TemporaryDirectory(prefix="possync-bench-") as scratch,
         _servers(server.url, Path(scratch)) as servers,
     ):

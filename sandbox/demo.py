@@ -49,6 +49,8 @@ NOTION_EVENTS = 8
 #: Square payments captured or refunded, and customers deleted, by webhook after the backfill.
 SQUARE_PAYMENT_CHANGES = 3
 SQUARE_CUSTOMER_DELETIONS = 1
+#: How long the webhook receiver may take to answer ``/readyz`` after it starts, seconds.
+RECEIVER_READY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -106,23 +108,6 @@ def _worker_argv(options: DemoOptions) -> list[str]:
     ]
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], deadline_seconds: float = 30.0) -> None:
-    """Poll ``url`` until it answers 200 (the receiver's ``/readyz``)."""
-    import httpx
-
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with status {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)  # polling interval while the server starts
-    raise RuntimeError(f"{url} did not answer 200 within {deadline_seconds:.0f} s")
-
-
 class _Progress:
     """One status line on stderr: windows done, messages finished, elapsed time."""
 
@@ -159,6 +144,7 @@ def run_demo(options: DemoOptions) -> int:
         start_notion_sandbox,
         start_square_sandbox,
     )
+    from sandbox.readiness import wait_until_serving
     from sandbox.redis_server import RedisServer
 
     started = time.monotonic()
@@ -258,7 +244,14 @@ def run_demo(options: DemoOptions) -> int:
 
         _say(f"starting the webhook receiver on {receiver} and two scheduler replicas ...")
         webhooks = stack.enter_context(_service(["webhooks"], env, work_dir / "webhooks.log"))
-        _wait_ready(f"{receiver}/readyz", webhooks)
+        wait_until_serving(
+            f"{receiver}/readyz",
+            webhooks,
+            name="the webhook receiver",
+            timeout_seconds=RECEIVER_READY_SECONDS,
+            log_path=work_dir / "webhooks.log",
+            interval_seconds=0.2,
+        )
         for replica, port in enumerate(scheduler_ports, start=1):
             replica_env = {**env, ENV_PREFIX + "SCHEDULER_METRICS_PORT": str(port)}
             stack.enter_context(_service(["scheduler"], replica_env, work_dir / f"scheduler-{replica}.log"))

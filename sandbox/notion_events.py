@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-__all__ = ["Delivery", "SandboxEventError", "WebhookDeliverer", "build_event", "sign"]
+__all__ = ["Delivery", "SandboxEventError", "WebhookDeliverer", "build_event", "sign", "signed_headers"]
 
 #: Deliveries remembered for ``/_sandbox/deliveries``; the oldest are dropped first.
 MAX_RECORDS = 10_000
@@ -43,6 +43,11 @@ class SandboxEventError(Exception):
 def sign(body: bytes, verification_token: str) -> str:
     """``X-Notion-Signature`` for ``body``: ``sha256=`` and the hex HMAC-SHA256 keyed by the token."""
     return "sha256=" + hmac.new(verification_token.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(body: bytes, verification_token: str) -> dict[str, str]:
+    """The headers of a Notion delivery of ``body``: JSON content type and :func:`sign`'s signature."""
+    return {"Content-Type": "application/json", "X-Notion-Signature": sign(body, verification_token)}
 
 
 def build_event(
@@ -200,10 +205,9 @@ class WebhookDeliverer:
             if pause:
                 await asyncio.sleep(pause)  # the redelivery schedule, not synchronisation
             body = orjson.dumps({**event, "attempt_number": attempt})
-            headers = {"Content-Type": "application/json", "X-Notion-Signature": sign(body, key)}
             delivery.attempts = attempt
             try:
-                response = await self._client().post(url, content=body, headers=headers)
+                response = await self._client().post(url, content=body, headers=signed_headers(body, key))
             except httpx.HTTPError as exc:
                 delivery.statuses.append(type(exc).__name__)
                 continue

@@ -30,6 +30,7 @@ import redis
 
 from producers.webhooks import replace_notion_verification_token
 from sandbox.local_service import die_with_parent, free_port
+from sandbox.notion_events import signed_headers
 from sandbox.redis_server import RedisServer
 from schemas.settings import ENV_PREFIX
 from tests.polling import wait_until
@@ -153,7 +154,7 @@ def http(receiver: Receiver) -> Iterator[httpx.Client]:
         yield client
 
 
-# Events and signatures, built independently of the receiver's own code.
+# Events and signatures, built independently of the receiver's own code (Notion's by the Notion sandbox).
 
 
 def notion_event(event_type: str = "page.created", **changes: Any) -> dict[str, Any]:
@@ -195,9 +196,8 @@ def encode(event: Any) -> bytes:
 
 
 def sign_notion(body: bytes, token: str = NOTION_TOKEN) -> dict[str, str]:
-    """Headers of a Notion delivery of ``body`` signed with ``token``."""
-    digest = hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "X-Notion-Signature": f"sha256={digest}"}
+    """Headers of a Notion delivery of ``body`` signed with ``token``, as the Notion sandbox signs them."""
+    return signed_headers(body, token)
 
 
 def sign_square(body: bytes, key: str = SQUARE_KEY, url: str = SQUARE_URL) -> dict[str, str]:

@@ -1,9 +1,9 @@
-"""What every benchmark shares: medians, targets with pass/miss, a printed table, JSON results, Redis.
+"""Benchmark figures and how they are reported: medians, targets with pass/miss, a printed table, JSON.
 
 A benchmark runs its measurement several times in one invocation, alternating what it compares,
 and reports medians and same-run ratios (machines are shared and noisy). Typical use::
 
-    with redis_server() as server:
+    with RedisServer.start() as server:
         runs = [measure(server.url) for _ in range(args.runs)]
     print_table(["what", "events/s"], rows)
     targets = [Target("accepted events/s", median(rates), 1500, "events/s", at_least=True)]
@@ -22,13 +22,11 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from sandbox.redis_server import RedisServer
 
 __all__ = [
     "RESULTS_DIR",
@@ -39,7 +37,6 @@ __all__ = [
     "percentile",
     "print_table",
     "print_targets",
-    "redis_server",
     "write_results",
 ]
 
@@ -202,13 +199,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return _finite(value)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh ``redis-server`` on a free loopback port (see :mod:`sandbox.redis_server`), stopped after."""
-    with RedisServer.start() as server:
-        yield server
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, runs: int = 3) -> None:
