@@ -7,6 +7,7 @@ directory, so the parent must set the directory up without importing it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -23,7 +24,9 @@ def prepare_worker_metrics(directory: Path | None, *, host: str, port: int) -> P
 
     Args:
         directory: where the processes write their metrics; emptied first (stale files of dead
-            processes would be summed in). ``None``: a new temporary directory.
+            processes would be summed in). ``None``: a new temporary directory, removed when this
+            process exits (the worker processes it forks leave through ``os._exit`` and do not
+            remove it), so restarts of a pool leave nothing behind.
         host: interface of the metrics endpoint.
         port: its port.
 
@@ -32,6 +35,7 @@ def prepare_worker_metrics(directory: Path | None, *, host: str, port: int) -> P
     """
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="possync-metrics-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
     else:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
