@@ -46,6 +46,7 @@ per table per day (42 M rows/day).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -327,42 +328,46 @@ class BigQuerySink:
         check_spec(spec)
         if not len(rows):
             return WriteResult(spec.name, 0, None, None, None, None, None, False, None, False, 0, 0.0)
-        if not isinstance(rows, EncodedRows):
-            self._check_rows(spec, rows)
-            rows = encode_rows(spec, rows)
-        self.ensure_tables([spec])
-        batch = BatchRef(self.project, self.dataset, spec.name, batch_id, rows.contents)
-        staging = staging_table_name(batch)
-        statement = build_merge(
-            spec,
-            project=self.project,
-            dataset=self.dataset,
-            staging_table=staging,
-            partition=rows.partition,
-        )
+        # Rows given as dicts are encoded here, into a file this call removes when it is done.
+        with contextlib.ExitStack() as owned:
+            if not isinstance(rows, EncodedRows):
+                self._check_rows(spec, rows)
+                rows = owned.enter_context(contextlib.closing(encode_rows(spec, rows)))
+            self.ensure_tables([spec])
+            batch = BatchRef(self.project, self.dataset, spec.name, batch_id, rows.contents)
+            staging = staging_table_name(batch)
+            statement = build_merge(
+                spec,
+                project=self.project,
+                dataset=self.dataset,
+                staging_table=staging,
+                partition=rows.partition,
+            )
 
-        done = self._finished_merge(batch)
-        if done is not None:
-            return self._result(spec, rows, None, done, load_attached=False, attached=True, started=started)
+            done = self._finished_merge(batch)
+            if done is not None:
+                return self._result(
+                    spec, rows, None, done, load_attached=False, attached=True, started=started
+                )
 
-        load, load_attached = self._load(spec, rows, staging, batch)
-        merge, attached = self._merge(statement, batch)
-        self._drop(staging)
-        result = self._result(
-            spec, rows, load, merge, load_attached=load_attached, attached=attached, started=started
-        )
-        _log.info(
-            "bigquery_batch_written",
-            table=spec.name,
-            rows_in=result.rows_in,
-            rows_affected=result.rows_affected,
-            attached=attached,
-            bytes_billed=result.bytes_billed,
-            seconds=round(result.seconds, 3),
-        )
-        if self.on_written is not None:
-            self.on_written(spec.name, result.rows_in)
-        return result
+            load, load_attached = self._load(spec, rows, staging, batch)
+            merge, attached = self._merge(statement, batch)
+            self._drop(staging)
+            result = self._result(
+                spec, rows, load, merge, load_attached=load_attached, attached=attached, started=started
+            )
+            _log.info(
+                "bigquery_batch_written",
+                table=spec.name,
+                rows_in=result.rows_in,
+                rows_affected=result.rows_affected,
+                attached=attached,
+                bytes_billed=result.bytes_billed,
+                seconds=round(result.seconds, 3),
+            )
+            if self.on_written is not None:
+                self.on_written(spec.name, result.rows_in)
+            return result
 
     def mark_deleted(
         self,
